@@ -1,0 +1,62 @@
+"""Shared handling of per-scan stages in the workflow: exclusion markers in and out."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hipas_core.errors import InvalidScanError
+from hipas_core.exclusion import Exclusion, read_marker, write_marker
+
+
+def add_scan_stage_options(parser: argparse.ArgumentParser) -> None:
+    """``--scan-id`` and ``--exclude-invalid``, the options every per-scan command shares."""
+    parser.add_argument("--scan-id", help="identifier recorded in outputs (default: from the input name)")
+    parser.add_argument(
+        "--exclude-invalid",
+        action="store_true",
+        help="on an invalid scan (or an excluded input) write exclusion markers for every output "
+        "and exit 0 instead of failing (used by the workflow)",
+    )
+
+
+def default_scan_id(path: str | Path) -> str:
+    """``case01.nii.gz`` -> ``case01``; a DICOM folder -> its name."""
+    return Path(path).name.split(".")[0]
+
+
+def run_scan_stage(
+    *,
+    stage: str,
+    scan_id: str,
+    inputs: Sequence[str | Path],
+    outputs: Sequence[str | Path | None],
+    exclude_invalid: bool,
+    work: Callable[[], None],
+) -> int:
+    """Run ``work`` for one scan, honouring exclusion markers.
+
+    An input that is an exclusion marker is propagated (with ``exclude_invalid``) or reported as
+    an ``InvalidScanError``. An ``InvalidScanError`` from ``work`` becomes markers on every output
+    with ``exclude_invalid``; otherwise it propagates (the CLI prints it and exits 2).
+    """
+    targets = [Path(o) for o in outputs if o is not None]
+    for path in inputs:
+        upstream = read_marker(path)
+        if upstream is None:
+            continue
+        if not exclude_invalid:
+            raise InvalidScanError(f"{path}: scan excluded at stage {upstream.stage}: {upstream.reason}")
+        for target in targets:
+            write_marker(target, upstream)
+        return 0
+    try:
+        work()
+    except InvalidScanError as error:
+        if not exclude_invalid:
+            raise
+        reason = " ".join(str(error).split())
+        for target in targets:
+            write_marker(target, Exclusion(scan_id=scan_id, stage=stage, reason=reason))
+    return 0
