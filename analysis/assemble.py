@@ -1,0 +1,107 @@
+"""Assemble the cohort table from per-scan workflow outputs and the site manifests.
+
+Per scan the workflow leaves, under ``SCANS_DIR/<scan_id>/``, ``morphometry.parquet`` (one row,
+``hipas_core.morphometry``) and ``sr.json`` (the super-resolution record, which holds the slice
+thickness of the scan as acquired). Either may be an exclusion marker
+(``hipas_core.exclusion``): such a scan becomes a row of the exclusions table instead.
+
+The cohort table has the columns of ARCHITECTURE.md "Cohort table": ``scan_id``, ``site``,
+``sex``, ``age``, ``protocol``, ``slice_thickness_mm``, ``lung_volume_l`` (= lung_volume_ml /
+1000), ``SLPA``/``SLPV`` (artery/vein skeleton length in standardized voxels), ``BCPA``/``BCPV``
+(bifurcation counts), the six disease flags (nullable 0/1) and the remaining morphometry columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from hipas_core.errors import InvalidInputError
+from hipas_core.exclusion import read_marker
+
+DISEASE_FLAGS: tuple[str, ...] = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
+MANIFEST_REQUIRED: tuple[str, ...] = ("scan_id", "sex", "age", "protocol")
+RENAMED: dict[str, str] = {"artery_sl_vox": "SLPA", "vein_sl_vox": "SLPV", "artery_bc": "BCPA", "vein_bc": "BCPV"}
+LEADING_COLUMNS: tuple[str, ...] = (
+    "scan_id", "site", "sex", "age", "protocol", "slice_thickness_mm", "lung_volume_l",
+    "SLPA", "SLPV", "BCPA", "BCPV", *DISEASE_FLAGS,
+)
+EXCLUSION_COLUMNS: tuple[str, ...] = ("scan_id", "site", "stage", "reason")
+
+
+def read_manifests(sites: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """All manifest rows (strings as written) with a ``site`` column, in site then row order."""
+    frames = []
+    for site, manifest in sites.items():
+        try:
+            frame = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            raise InvalidInputError(f"{manifest}: manifest not found") from None
+        missing = [c for c in MANIFEST_REQUIRED if c not in frame.columns]
+        if missing:
+            raise InvalidInputError(f"{manifest}: missing column(s) {', '.join(missing)}")
+        frames.append(frame.assign(site=site))
+    manifests = pd.concat(frames, ignore_index=True)
+    duplicated = manifests["scan_id"].duplicated()
+    if duplicated.any():
+        raise InvalidInputError(f"duplicate scan_id {manifests['scan_id'][duplicated].iloc[0]!r} across the manifests")
+    return manifests
+
+
+def assemble_cohort(
+    sites: Mapping[str, str | os.PathLike], scans_dir: str | os.PathLike
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cohort table and the exclusions table (``scan_id, site, stage, reason``).
+
+    ``sites`` maps site name -> manifest TSV; ``scans_dir`` holds one folder per scan id.
+    Scans keep manifest order. Raises ``InvalidInputError`` when a per-scan file is missing.
+    """
+    manifests = read_manifests(sites)
+    scans_dir = Path(scans_dir)
+    rows, exclusions = [], []
+    for record in manifests.to_dict("records"):
+        scan_id, folder = record["scan_id"], scans_dir / record["scan_id"]
+        morphometry, sr_record = folder / "morphometry.parquet", folder / "sr.json"
+        for path in (morphometry, sr_record):
+            if not path.is_file():
+                raise InvalidInputError(f"{path}: missing (has the workflow run for scan {scan_id}?)")
+        marker = read_marker(morphometry) or read_marker(sr_record)
+        if marker is not None:
+            exclusions.append({"scan_id": scan_id, "site": record["site"], "stage": marker.stage, "reason": marker.reason})
+            continue
+        row = pd.read_parquet(morphometry).iloc[0].to_dict()
+        rows.append({**_demographics(record), "slice_thickness_mm": _slice_thickness(sr_record), **row,
+                     "scan_id": scan_id})
+    excluded = pd.DataFrame(exclusions, columns=list(EXCLUSION_COLUMNS))
+    if not rows:
+        return pd.DataFrame(columns=list(LEADING_COLUMNS)), excluded
+    cohort = pd.DataFrame(rows).rename(columns=RENAMED)
+    cohort["lung_volume_l"] = cohort["lung_volume_ml"] / 1000.0
+    rest = [c for c in cohort.columns if c not in LEADING_COLUMNS]
+    return cohort[[*LEADING_COLUMNS, *rest]], excluded
+
+
+def _demographics(record: Mapping[str, str]) -> dict:
+    def flag(value: str):
+        return pd.NA if value == "" else int(value)
+
+    return {
+        "site": record["site"],
+        "sex": record["sex"] or None,
+        "age": float(record["age"]) if record["age"] != "" else float("nan"),
+        "protocol": record["protocol"],
+        **{f: flag(record.get(f, "")) for f in DISEASE_FLAGS},
+    }
+
+
+def _slice_thickness(sr_record: Path) -> float:
+    """Slice thickness as acquired (the super-resolution record's input thickness)."""
+    record = json.loads(sr_record.read_text())
+    try:
+        return float(record["input_slice_thickness_mm"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInputError(f"{sr_record}: no input_slice_thickness_mm") from None
