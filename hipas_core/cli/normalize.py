@@ -1,0 +1,70 @@
+"""``hipas normalize -i CT -o OUT.nii.gz``: a CT in the standardized grid plus its record.
+
+Writes ``OUT.nii.gz`` (int16 HU, rounded; standardized grid: spacing 1.0 x 334/512 x 334/512 mm,
+LPS identity direction) and the sidecar ``OUT.json`` (the ``NormalizationRecord``: input grid,
+slice thickness, needs_i2sr, z_method, plus provenance). With ``--i2sr-model`` slices thicker
+than 2 mm are super-resolved with I2SR before resampling; otherwise z is trilinear.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
+
+
+def sidecar_path(output: str | Path) -> Path:
+    """``OUT.nii.gz`` -> ``OUT.json`` (any image suffixes replaced by ``.json``)."""
+    output = Path(output)
+    return output.with_name(output.name.split(".")[0] + ".json")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", required=True, help="DICOM folder, NIfTI, NRRD/MHA or HiPaS ct_scan/NNN.npz")
+    parser.add_argument("-o", "--output", required=True, help="standardized CT (.nii.gz); the record goes to OUT.json")
+    parser.add_argument("--metadata-table", help="CSV with case_id, spacing_x_mm, spacing_y_mm, spacing_z_mm (HiPaS NPZ)")
+    parser.add_argument("--i2sr-model", help="I2SR checkpoint: super-resolve slices thicker than 2 mm instead of trilinear z")
+    parser.add_argument("--device", default="cpu", help="torch device for I2SR (cpu or cuda)")
+    add_scan_stage_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    sidecar = sidecar_path(args.output)
+
+    def work() -> None:
+        import numpy as np
+        import SimpleITK as sitk
+
+        from hipas_core.atomic import atomic_path, write_image, write_json
+        from hipas_core.io import read_ct
+        from hipas_core.normalize import normalize_ct
+        from hipas_core.provenance import file_sha256, provenance
+
+        image = read_ct(args.input, metadata_table=args.metadata_table)
+        model = None
+        if args.i2sr_model:
+            from hipas_core.i2sr import load_model
+
+            model = load_model(args.i2sr_model)
+        standard, record = normalize_ct(image, i2sr_model=model, device=args.device)
+        hu = np.clip(np.round(sitk.GetArrayViewFromImage(standard)), -32768, 32767).astype(np.int16)
+        out = sitk.GetImageFromArray(hu)
+        out.CopyInformation(standard)
+        params = {"input": str(args.input), "metadata_table": args.metadata_table, "i2sr_model": args.i2sr_model}
+        if args.i2sr_model:
+            params["i2sr_model_sha256"] = file_sha256(args.i2sr_model)
+        # both files appear together: each is staged under a temporary name, renamed at the end
+        with atomic_path(args.output) as staged_image, atomic_path(sidecar) as staged_sidecar:
+            write_image(staged_image, out)
+            write_json(staged_sidecar, {**record.to_dict(), "scan_id": scan_id, "dtype": "int16", **provenance(**params)})
+
+    scan_id = args.scan_id or default_scan_id(args.input)
+    return run_scan_stage(
+        stage="normalize",
+        scan_id=scan_id,
+        inputs=[args.input],
+        outputs=[args.output, sidecar],
+        exclude_invalid=args.exclude_invalid,
+        work=work,
+    )
