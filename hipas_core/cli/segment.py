@@ -1,0 +1,102 @@
+"""``hipas segment``: STS artery/vein labels of a CT, in the input's own grid.
+
+    hipas segment -i CT -o LABELS.nii.gz [--model M] [--device cpu|cuda] [--probabilities P.nii.gz]
+                  [--record NORM.json] [--scan-id ID] [--exclude-invalid]
+    hipas segment --batch SCANS.tsv [--model M] [--device cuda] [--exclude-invalid]
+
+``--record``: the input is a CT already normalized by ``hipas normalize`` and NORM.json (its
+sidecar) maps the labels back to the original grid. ``--batch``: a tab-separated file with
+columns input, output, optional record, optional scan_id (an optional header row starting with
+``input``); the model is loaded once for all rows. In a batch an invalid scan gets exclusion
+markers (with ``--exclude-invalid``) or an error line, and the other rows go on (exit 2 at the
+end if any row failed). The model is ``--model``, else ``$HIPAS_MODEL``, else models/sts-demo.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
+from hipas_core.errors import InvalidInputError, InvalidScanError
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", help="CT: DICOM folder, NIfTI, NRRD/MHA or HiPaS NPZ")
+    parser.add_argument("-o", "--output", help="label map (.nii.gz): 0 background, 1 artery, 2 vein")
+    parser.add_argument("--batch", help="TSV of scans: input, output, [record], [scan_id]")
+    parser.add_argument("--model", help="STS checkpoint (default: $HIPAS_MODEL or models/sts-demo.pt)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--probabilities", help="also write artery/vein probabilities (2-component float image)")
+    parser.add_argument("--record", help="normalization record (hipas normalize's OUT.json): the input is already normalized")
+    parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding window (default: the model's)")
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap fraction (default: the model's)")
+    parser.add_argument("--window-batch", type=int, default=1, help="windows per forward pass (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    add_scan_stage_options(parser)
+
+def _read_batch(path: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, newline="") as handle:
+            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+                if not row or not "".join(row).strip() or row[0].startswith("#"):
+                    continue
+                if number == 1 and row[0].strip().lower() == "input":
+                    continue
+                if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                    raise InvalidInputError(f"{path}: line {number} needs at least input and output columns")
+                cells = [c.strip() for c in row] + ["", ""]
+                rows.append({"input": cells[0], "output": cells[1], "record": cells[2] or None, "scan_id": cells[3] or None})
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: batch file not found") from None
+    if not rows:
+        raise InvalidInputError(f"{path}: batch file lists no scans")
+    return rows
+
+def _segment_one(predictor, *, input_path: str, output: str, record: str | None, probabilities: str | None,
+                 scan_id: str, exclude_invalid: bool) -> int:
+    from hipas_core.atomic import write_image
+
+    def work() -> None:
+        result = predictor.segment_file(input_path, record_path=record, probabilities=probabilities is not None)
+        if probabilities is not None:
+            write_image(probabilities, result.probabilities)
+        write_image(output, result.labels)
+        timing = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in result.timings.items())
+        print(f"{scan_id}: {output} ({timing})", file=sys.stderr)
+
+    inputs = [input_path] + ([record] if record else [])
+    return run_scan_stage(stage="segment", scan_id=scan_id, inputs=inputs, outputs=[output, probabilities],
+                          exclude_invalid=exclude_invalid, work=work)
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.batch) == bool(args.input or args.output):
+        raise InvalidInputError("give either -i CT -o LABELS or --batch FILE.tsv")
+    if not args.batch and not (args.input and args.output):
+        raise InvalidInputError("-i CT and -o LABELS are both required")
+    if args.batch and (args.probabilities or args.record or args.scan_id):
+        raise InvalidInputError("--probabilities, --record and --scan-id are per scan: put records and scan ids in the batch file")
+    import torch
+
+    from hipas_core.sts.predictor import Predictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
+                          overlap=args.overlap, batch_size=args.window_batch)
+    if not args.batch:
+        return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
+                            probabilities=args.probabilities, scan_id=args.scan_id or default_scan_id(args.input),
+                            exclude_invalid=args.exclude_invalid)
+    failures = 0
+    for row in _read_batch(args.batch):
+        scan_id = row["scan_id"] or default_scan_id(row["input"])
+        try:
+            _segment_one(predictor, input_path=row["input"], output=row["output"], record=row["record"],
+                         probabilities=None, scan_id=scan_id, exclude_invalid=args.exclude_invalid)
+        except (InvalidScanError, InvalidInputError) as error:
+            failures += 1
+            print(f"hipas segment: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2 if failures else 0

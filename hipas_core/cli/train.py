@@ -1,0 +1,98 @@
+"""``hipas train``: train an STS cascade (or, with ``--baseline``, the single-stage U-Net).
+
+    hipas train --out CKPT.pt --phantom-seeds 1-12 --val-seeds 501-502 [--cache results/sts_cache]
+                [--patch 64 96 96] [--width 8] [--blocks 0 1 1 1 1] [--steps 400] [--lr 1e-3]
+                [--mode joint|stagewise] [--seed 0] [--device cpu|cuda] [--max-minutes 25]
+    hipas train --out CKPT.pt --data FOLDER ...     # real scans with artery/vein masks
+    hipas train --out BASE.pt --baseline ...        # plain 3D U-Net, about the cascade's parameters
+
+Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
+(``hipas_core.sts.data.phantom_plan``). ``--resume`` continues from CKPT.pt's saved state.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    parser.add_argument("--baseline", action="store_true", help="train the single-stage U-Net baseline (plain Dice)")
+    parser.add_argument("--phantom-seeds", default="1-12", help="training phantom seeds, e.g. 1-12 (default)")
+    parser.add_argument("--val-seeds", default="501-502", help="validation phantom seeds (default 501-502)")
+    parser.add_argument("--data", help="folder of real annotated scans instead of phantoms")
+    parser.add_argument("--cache", default="results/sts_cache", help="cache folder for prepared phantoms")
+    parser.add_argument("--patch", type=int, nargs=3, default=(128, 192, 192), metavar=("Z", "Y", "X"))
+    parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="inference window (default: patch)")
+    parser.add_argument("--width", type=int, default=24, help="stage base width (paper 24)")
+    parser.add_argument("--blocks", type=int, nargs=5, default=(1, 1, 2, 2, 1), help="residual blocks per resolution")
+    parser.add_argument("--baseline-widths", type=int, nargs=5, help="U-Net widths per resolution (default: full "
+                        "resolution = --width, deep levels widened to match the cascade's parameter count)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--betas", type=float, nargs=2, default=(0.99, 0.999))
+    parser.add_argument("--mode", choices=("joint", "stagewise"), default="joint")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="stagewise: start each stage from scratch (default: from the previous stage's weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--level-weight-cap", type=float, help="clip w^i of eq. 15 at this value (default: exact)")
+    parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=(0.7, 1.5), help="vesselness scales (mm)")
+    parser.add_argument("--val-every", type=int, default=50)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts import data as sts_data
+    from hipas_core.sts.baseline import UNetConfig, matching_unet_config
+    from hipas_core.sts.cascade import CascadeConfig, STSCascade
+    from hipas_core.sts.network import SIZE_MULTIPLE, StageConfig, count_parameters
+    from hipas_core.sts.training import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name, size in (("--patch", args.patch), ("--window", args.window or args.patch)):
+        if any(s % SIZE_MULTIPLE for s in size):
+            raise InvalidInputError(f"{name} {tuple(size)}: every side must be a multiple of {SIZE_MULTIPLE}")
+    sigmas = tuple(args.vesselness_sigmas)
+    if args.data:
+        cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas)
+        val_cases = []
+        description = {"folder": str(args.data), "cases": [c.name for c in cases]}
+    else:
+        train_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.phantom_seeds))
+        val_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.val_seeds))
+        cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
+                                       vesselness_sigmas_mm=sigmas) for s, p, t in train_plan]
+        val_cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
+                                           vesselness_sigmas_mm=sigmas) for s, p, t in val_plan]
+        description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan}}
+    cascade_config = CascadeConfig(stage=StageConfig(width=args.width, blocks_per_level=tuple(args.blocks)))
+    if args.baseline:
+        target = count_parameters(STSCascade(cascade_config))
+        model_config = (UNetConfig(widths=tuple(args.baseline_widths)) if args.baseline_widths
+                        else matching_unet_config(target, base_width=args.width)).to_dict()
+    else:
+        model_config = cascade_config.to_dict()
+    config = TrainConfig(
+        kind="baseline" if args.baseline else "cascade", model_config=model_config, patch=tuple(args.patch),
+        batch_size=args.batch_size, steps=args.steps, lr=args.lr, betas=tuple(args.betas), mode=args.mode,
+        warm_start=not args.no_warm_start, seed=args.seed, level_weight_cap=args.level_weight_cap, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=args.device,
+        inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
+    )
+    summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
+                    resume=args.resume, progress=not args.no_progress)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"{args.out}: {summary['step']} steps in {summary['train_seconds'] / 60:.1f} min; "
+          f"last loss {last.get('loss', float('nan')):.4f}; validation Dice artery "
+          f"{last.get('val_dice_artery', float('nan')):.3f} vein {last.get('val_dice_vein', float('nan')):.3f}")
+    return 0

@@ -1,0 +1,75 @@
+"""Checkpoints: weights plus everything needed to rebuild, run and reproduce a model.
+
+A checkpoint is a ``torch.save`` dict with ``format`` ("hipas-sts/1"), ``kind`` ("cascade" or
+"baseline"), ``model_config``, ``state_dict``, ``inference`` (window (z, y, x), overlap,
+thresholds per class, vesselness scales), ``training_config``, ``data`` (case seeds / files),
+``versions`` (package versions), ``history`` (loss/validation per step) and, for resuming,
+``optimizer``, ``step`` and ``rng`` (dropped by ``export_for_inference``). Written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hipas_core.atomic import atomic_path
+from hipas_core.errors import InvalidInputError
+
+FORMAT = "hipas-sts/1"
+
+
+def build_model(kind: str, model_config: dict) -> nn.Module:
+    """A fresh model of ``kind`` ("cascade" or "baseline") from its config dict."""
+    if kind == "cascade":
+        from hipas_core.sts.cascade import CascadeConfig, STSCascade
+
+        return STSCascade(CascadeConfig.from_dict(model_config))
+    if kind == "baseline":
+        from hipas_core.sts.baseline import UNet3D, UNetConfig
+
+        return UNet3D(UNetConfig(**model_config))
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (must hold kind, model_config, state_dict) atomically."""
+    payload = {"format": FORMAT, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint; ``InvalidInputError`` (one line) when it is missing or not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: model checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        raise InvalidInputError(f"{path}: not a readable model checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InvalidInputError(f"{path}: not a HiPaS STS checkpoint (format {FORMAT} expected)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint holds, weights loaded, in eval mode on the CPU."""
+    model = build_model(payload["kind"], payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def export_for_inference(
+    source: str | os.PathLike, destination: str | os.PathLike, *, thresholds: tuple[float, float] | None = None
+) -> None:
+    """Copy a training checkpoint without optimizer and RNG state (weights as float32),
+    optionally with per-class thresholds (artery, vein) chosen on validation data."""
+    payload = load_checkpoint(source)
+    payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
+    if thresholds is not None:
+        payload["inference"] = {**payload.get("inference", {}), "thresholds": [float(t) for t in thresholds]}
+    save_checkpoint(destination, payload)

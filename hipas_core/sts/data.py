@@ -1,0 +1,316 @@
+"""Training data for STS: cases in the standardized grid, patch sampling and augmentation.
+
+A ``TrainingCase`` holds, cropped to the lung bounding box of the normalized CT (arrays
+(z, y, x), spacing ``STANDARD_SPACING``): ``image`` (2, Z, Y, X) float16 = windowed CT and its
+vesselness, ``labels`` (0/1 artery/2 vein), ``levels`` (0 bg, 1..4 = level 0..3), ``lungs``,
+``territory`` (3, Z, Y, X): for stages 1..3 the level (0..s) of the nearest annotated vessel
+voxel among levels <= s (stage 0's territory is all level 0), and ``weights`` (2, 4): w^i of
+eq. 15 per tree. Cases are cached as ``.npz`` so a phantom is generated and filtered once.
+
+Augmentation (``Augmentation``): intensity scale/shift and gaussian noise on the CT channel,
+thick-slice simulation (both channels averaged along z over 2-4 slices, as a thick slice
+interpolated back to 1 mm looks), and optional flips. Flips are off by default: left-right
+swaps the heart side and the two- and three-lobed lungs, superior-inferior and anterior-posterior
+put the heart where no heart is; each breaks the anatomy that tells arteries from veins.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hipas_core.grid import STANDARD_SPACING
+
+DEMO_VESSELNESS_SIGMAS_MM: tuple[float, ...] = (0.7, 1.5)
+
+
+@dataclass
+class TrainingCase:
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    levels: np.ndarray
+    lungs: np.ndarray
+    territory: np.ndarray
+    weights: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.labels.shape)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from hipas_core.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle, image=self.image, labels=self.labels, levels=self.levels, lungs=self.lungs,
+                territory=self.territory, weights=self.weights, name=np.array(self.name),
+                meta=np.array(repr(self.meta)),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainingCase:
+        import ast
+
+        with np.load(path) as data:
+            return cls(
+                name=str(data["name"]), image=data["image"], labels=data["labels"], levels=data["levels"],
+                lungs=data["lungs"], territory=data["territory"], weights=data["weights"],
+                meta=ast.literal_eval(str(data["meta"])),
+            )
+
+
+def level_territories(levels: np.ndarray, *, spacing: Sequence[float] = STANDARD_SPACING) -> np.ndarray:
+    """(3, Z, Y, X) uint8: for stage s = 1..3, the level (0..s) of the nearest vessel voxel of level <= s.
+
+    ``levels`` (Z, Y, X) 0 background, 1..4 = level 0..3 (both trees together). Voxels with no
+    vessel of levels <= s anywhere get level 0.
+    """
+    from scipy import ndimage
+
+    out = np.zeros((3, *levels.shape), dtype=np.uint8)
+    for stage in range(1, 4):
+        present = (levels >= 1) & (levels <= stage + 1)
+        if not present.any():
+            continue
+        indices = ndimage.distance_transform_edt(~present, sampling=spacing, return_distances=False, return_indices=True)
+        nearest = levels[tuple(indices)]
+        out[stage - 1] = (nearest - 1).astype(np.uint8)
+    return out
+
+
+def prepare_case(
+    ct,
+    labels,
+    levels=None,
+    lungs=None,
+    *,
+    name: str,
+    vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+    margin_mm: float = 10.0,
+    meta: dict | None = None,
+) -> TrainingCase:
+    """Bring one annotated CT (SimpleITK images in one grid, HU / labels / levels / lungs) into
+    the standardized grid, crop to the lungs and compute vesselness, territories and weights.
+
+    Without ``levels`` they are derived with ``hipas_core.levels``; without ``lungs`` the lung
+    channel is the threshold lung mask.
+    """
+    import SimpleITK as sitk
+
+    from hipas_core.lungs import lung_bounding_box
+    from hipas_core.normalize import normalize_ct, to_standard_grid, window
+    from hipas_core.sts.losses import level_weights
+    from hipas_core.vesselness import vesselness
+
+    standard, _record = normalize_ct(ct)
+    labels_std = sitk.GetArrayFromImage(to_standard_grid(labels, interpolation="label"))
+    if lungs is not None:
+        lungs_std = sitk.GetArrayFromImage(to_standard_grid(lungs, interpolation="nearest")).astype(np.uint8)
+    else:
+        from hipas_core.lungs import threshold_lungs
+
+        lungs_std = sitk.GetArrayFromImage(to_standard_grid(threshold_lungs(ct), interpolation="nearest")).astype(np.uint8)
+    if levels is None:
+        from hipas_core.levels import vessel_levels  # derived from the label map itself
+
+        levels_std = vessel_levels(labels_std, spacing=STANDARD_SPACING, lungs=lungs_std)
+    else:
+        levels_std = sitk.GetArrayFromImage(to_standard_grid(levels, interpolation="label"))
+    levels_std = np.where(labels_std > 0, levels_std, 0).astype(np.uint8)
+    # a label voxel that lost its level in resampling: the deepest level (remaining vessels)
+    levels_std[(labels_std > 0) & (levels_std == 0)] = 4
+    box = lung_bounding_box(standard, margin_mm=margin_mm)
+    ct_window = window(sitk.GetArrayFromImage(standard)[box])
+    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
+    labels_c, levels_c = labels_std[box], levels_std[box]
+    return TrainingCase(
+        name=name,
+        image=np.stack([ct_window, enhanced]).astype(np.float16),
+        labels=labels_c.astype(np.uint8),
+        levels=levels_c,
+        lungs=lungs_std[box].astype(np.uint8),
+        territory=level_territories(levels_c),
+        weights=level_weights(levels_std, labels_std),
+        meta={**(meta or {}), "box": [(s.start, s.stop) for s in box]},
+    )
+
+
+def phantom_case(
+    seed: int,
+    *,
+    protocol: str,
+    slice_thickness_mm: float | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+) -> TrainingCase:
+    """A small phantom (``hipas_core.phantom``) as a training case, cached under ``cache_dir``."""
+    sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
+    thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
+    name = f"phantom-{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}"
+    cached = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            return TrainingCase.load(cached)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            cached.unlink()
+    from hipas_core.phantom import PhantomSpec, generate_phantom
+
+    spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=slice_thickness_mm)
+    phantom = generate_phantom(spec)
+    case = prepare_case(
+        phantom.ct, phantom.labels, phantom.levels, phantom.lungs, name=name,
+        vesselness_sigmas_mm=vesselness_sigmas_mm,
+        meta={"seed": seed, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
+    )
+    if cached is not None:
+        case.save(cached)
+    return case
+
+
+def folder_cases(
+    folder: str | os.PathLike, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM
+) -> list[TrainingCase]:
+    """Real annotated scans: every ``<case>/ct.nii.gz`` with ``labels.nii.gz`` (optional
+    ``levels.nii.gz``, ``lungs.nii.gz``) under ``folder``, or pairs ``<id>_ct.nii.gz`` +
+    ``<id>_labels.nii.gz`` (HiPaS layout: ``ct_scan/<id>.npz`` + ``annotation/<id>.npz`` with
+    artery/vein masks is read through ``hipas_core.io``)."""
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.io import read_ct, read_labels
+
+    root = Path(folder)
+    pairs: list[tuple[str, Path, Path, Path | None, Path | None]] = []
+    for ct in sorted(root.glob("*/ct.nii.gz")):
+        lab = ct.parent / "labels.nii.gz"
+        if lab.is_file():
+            lev, lun = ct.parent / "levels.nii.gz", ct.parent / "lungs.nii.gz"
+            pairs.append((ct.parent.name, ct, lab, lev if lev.is_file() else None, lun if lun.is_file() else None))
+    for ct in sorted(root.glob("*_ct.nii.gz")):
+        lab = ct.with_name(ct.name.replace("_ct.nii.gz", "_labels.nii.gz"))
+        if lab.is_file():
+            pairs.append((ct.name.replace("_ct.nii.gz", ""), ct, lab, None, None))
+    for ct in sorted((root / "ct_scan").glob("*.npz")):
+        lab = root / "annotation" / ct.name
+        if lab.is_file():
+            pairs.append((ct.stem, ct, lab, None, None))
+    if not pairs:
+        raise InvalidInputError(f"{root}: no annotated scans found (case/ct.nii.gz + labels.nii.gz, "
+                                "<id>_ct.nii.gz + <id>_labels.nii.gz, or ct_scan/ + annotation/)")
+    cases = []
+    for name, ct, lab, lev, lun in pairs:
+        import SimpleITK as sitk
+
+        ct_image = read_ct(ct)
+        labels = read_labels(lab)
+        cases.append(prepare_case(
+            ct_image, labels, sitk.ReadImage(str(lev)) if lev else None, sitk.ReadImage(str(lun)) if lun else None,
+            name=name, vesselness_sigmas_mm=vesselness_sigmas_mm, meta={"path": str(ct)},
+        ))
+    return cases
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    noise_sd_max: float = 0.03
+    thick_slice_probability: float = 0.25
+    flip_axes: tuple[int, ...] = ()
+
+    def apply(self, image: np.ndarray, targets: list[np.ndarray], rng: np.random.Generator):
+        """Augment a patch: ``image`` (2, z, y, x) float32, ``targets`` arrays (..., z, y, x)."""
+        image = image.copy()
+        ct = image[0]
+        ct *= 1 + rng.uniform(-self.intensity_scale, self.intensity_scale)
+        ct += rng.uniform(-self.intensity_shift, self.intensity_shift)
+        ct += rng.normal(0.0, rng.uniform(0, self.noise_sd_max), ct.shape).astype(np.float32)
+        np.clip(ct, 0.0, 1.0, out=ct)
+        if rng.random() < self.thick_slice_probability:
+            from scipy.ndimage import uniform_filter1d
+
+            width = int(rng.integers(2, 5))
+            image = uniform_filter1d(image, size=width, axis=1, mode="nearest")
+        for axis in self.flip_axes:
+            if rng.random() < 0.5:
+                image = np.flip(image, axis=1 + axis)
+                targets = [np.flip(t, axis=t.ndim - 3 + axis) for t in targets]
+        return np.ascontiguousarray(image), [np.ascontiguousarray(t) for t in targets]
+
+
+def sample_patch(
+    case: TrainingCase,
+    patch: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    vessel_probability: float = 0.7,
+) -> dict[str, np.ndarray]:
+    """One patch of ``case`` (padded with zeros where it leaves the crop).
+
+    With ``vessel_probability`` the patch is centred on a random annotated vessel voxel of a
+    randomly chosen level (so rare levels are seen as often as common ones), otherwise anywhere.
+    Returns ``image`` (2, *patch) float32, ``labels``, ``levels``, ``territory`` (3, *patch).
+    """
+    patch = tuple(int(p) for p in patch)
+    shape = np.array(case.shape)
+    if rng.random() < vessel_probability and case.levels.any():
+        present = [lv for lv in range(1, 5) if (case.levels == lv).any()]
+        level = present[int(rng.integers(len(present)))]
+        candidates = np.flatnonzero(case.levels.ravel() == level)
+        centre = np.array(np.unravel_index(candidates[int(rng.integers(len(candidates)))], case.shape))
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = centre - np.array(patch) // 2
+    start = np.clip(start, np.minimum(0, shape - np.array(patch)), np.maximum(0, shape - np.array(patch)))
+    src, dst = [], []
+    for axis in range(3):
+        lo, hi = start[axis], start[axis] + patch[axis]
+        src.append(slice(max(lo, 0), min(hi, shape[axis])))
+        dst.append(slice(max(lo, 0) - lo, min(hi, shape[axis]) - lo))
+    src, dst = tuple(src), tuple(dst)
+
+    def cut(array: np.ndarray, dtype) -> np.ndarray:
+        lead = array.shape[:-3]
+        out = np.zeros((*lead, *patch), dtype=dtype)
+        out[(..., *dst)] = array[(..., *src)]
+        return out
+
+    return {
+        "image": cut(case.image, np.float32),
+        "labels": cut(case.labels, np.uint8),
+        "levels": cut(case.levels, np.uint8),
+        "territory": cut(case.territory, np.uint8),
+        "weights": case.weights.copy(),
+    }
+
+
+def phantom_plan(seeds: Sequence[int]) -> list[tuple[int, str, float | None]]:
+    """(seed, protocol, slice thickness) for a list of phantom seeds: odd seeds NCCT, even CTPA;
+    the first half keep the seed's thin slices (0.8-1.25 mm), the second half get thick slices
+    (3.0 mm when the seed is a multiple of 3, else 2.5 mm)."""
+    plan = []
+    for position, seed in enumerate(seeds):
+        protocol = "ncct" if seed % 2 else "ctpa"
+        thick = position >= len(seeds) / 2
+        plan.append((int(seed), protocol, (3.0 if seed % 3 == 0 else 2.5) if thick else None))
+    return plan
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1-12"``, ``"1,2,5"`` or ``"1-4,9"`` -> list of ints."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        else:
+            seeds.append(int(part))
+    return seeds

@@ -1,0 +1,235 @@
+"""Inference: a ``Predictor`` loads a checkpoint once and segments many scans.
+
+Per scan: read (``hipas_core.io``), normalize to the standardized grid (or take an already
+normalized CT plus its ``NormalizationRecord``), crop to the lung bounding box (with a margin),
+window HU to [0, 1], vesselness (the model's scales), the cascade stage by stage with
+sliding-window gaussian blending (stage i sees the blended probabilities of stage i-1 over the
+whole crop), probabilities mapped back to the input grid linearly, per-class thresholds, artery
+and vein made exclusive (where both pass, the larger probability wins; ties go to artery).
+CPU runs in float32; CUDA under autocast (bf16 where supported, else fp16).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hipas_core.errors import InvalidInputError, InvalidScanError
+from hipas_core.grid import STANDARD_SPACING
+from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
+from hipas_core.sts.network import SIZE_MULTIPLE
+from hipas_core.sts.sliding_window import sliding_window_predict
+
+DEFAULT_MODEL_NAME = "sts-demo.pt"
+MODEL_ENV = "HIPAS_MODEL"
+LUNG_MARGIN_MM = 10.0
+
+
+def default_model_path() -> Path:
+    """``$HIPAS_MODEL`` if set, else ``models/sts-demo.pt`` beside the ``hipas_core`` package."""
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+
+
+THRESHOLD_GRID = tuple(round(0.1 + 0.05 * k, 2) for k in range(17))
+
+
+def calibrate_thresholds(predictor: Predictor, cases, *, grid=THRESHOLD_GRID) -> tuple[float, float]:
+    """Per-class thresholds maximising the pooled Dice of artery and of vein on ``cases``
+    (``TrainingCase`` crops: their stored CT + vesselness channels are used as they are).
+    Use validation cases, never the held-out test scans."""
+    grid = np.asarray(grid, dtype=float)
+    inter = np.zeros((2, len(grid)))
+    total = np.zeros((2, len(grid)))
+    for case in cases:
+        probs = predictor.probabilities_from_channels(torch.from_numpy(case.image.astype(np.float32)))
+        for tree in range(2):
+            truth = case.labels == tree + 1
+            for k, t in enumerate(grid):
+                pred = probs[tree] > t
+                inter[tree, k] += np.count_nonzero(pred & truth)
+                total[tree, k] += np.count_nonzero(pred) + np.count_nonzero(truth)
+    dice = 2 * inter / np.maximum(total, 1)
+    return tuple(float(round(grid[int(np.argmax(dice[tree]))], 3)) for tree in range(2))
+
+
+def exclusive_labels(probabilities: np.ndarray, thresholds=(0.5, 0.5)) -> np.ndarray:
+    """(2, ...) artery/vein probabilities -> uint8 labels (0 bg, 1 artery, 2 vein), exclusive."""
+    artery = probabilities[0] > thresholds[0]
+    vein = probabilities[1] > thresholds[1]
+    both = artery & vein
+    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    labels[artery] = 1
+    labels[vein] = 2
+    labels[both & (probabilities[0] >= probabilities[1])] = 1
+    return labels
+
+
+@dataclass
+class Segmentation:
+    """Result of one scan: labels (and probabilities when asked) in the input grid."""
+
+    labels: object  # SimpleITK uint8
+    probabilities: object | None  # SimpleITK 2-component float32 vector image (artery, vein)
+    timings: dict = field(default_factory=dict)
+
+
+class Predictor:
+    """Loads a checkpoint once; ``segment(ct_image)`` / ``segment_file(path)`` per scan.
+
+    ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
+    ``device`` "cpu" or "cuda"; ``batch_size`` windows per forward pass.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        device: str = "cpu",
+        window: tuple[int, int, int] | None = None,
+        overlap: float | None = None,
+        batch_size: int = 1,
+        precision: str = "auto",
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        payload = load_checkpoint(self.model_path)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidInputError(f"--device {device}: CUDA is not available on this machine")
+        self.device = torch.device(device)
+        self.kind = payload["kind"]
+        self.model = model_from_checkpoint(payload).to(self.device)
+        inference = payload.get("inference", {})
+        self.window = tuple(int(w) for w in (window or inference.get("window", (128, 192, 192))))
+        if any(w % SIZE_MULTIPLE for w in self.window):
+            raise InvalidInputError(f"window {self.window} must be multiples of {SIZE_MULTIPLE}")
+        self.overlap = float(inference.get("overlap", 0.25) if overlap is None else overlap)
+        self.thresholds = tuple(float(t) for t in inference.get("thresholds", (0.5, 0.5)))
+        self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", (0.7, 1.5)))
+        self.batch_size = int(batch_size)
+        if precision == "auto":
+            precision = "fp32" if self.device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        self.precision = precision
+        self.checkpoint_info = {k: payload.get(k) for k in ("kind", "model_config", "inference", "step")}
+
+    # ---- arrays in the standardized grid --------------------------------------------------
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    @torch.no_grad()
+    def predict_probabilities(self, ct_window: np.ndarray, *, timings: dict | None = None) -> np.ndarray:
+        """(Z, Y, X) windowed CT in [0, 1] on the standardized grid -> (2, Z, Y, X) float32
+        artery/vein probabilities (vesselness and all stages included)."""
+        from hipas_core.vesselness import vesselness
+
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        volume = torch.from_numpy(np.ascontiguousarray(ct_window, dtype=np.float32)).to(self.device)
+        enhanced = vesselness(volume, spacing=STANDARD_SPACING, sigmas_mm=self.vesselness_sigmas_mm)
+        image = torch.stack([volume, enhanced])
+        timings["vesselness_s"] = time.perf_counter() - started
+        return self.probabilities_from_channels(image, timings=timings)
+
+    @torch.no_grad()
+    def probabilities_from_channels(self, image: torch.Tensor, *, timings: dict | None = None) -> np.ndarray:
+        """(2, Z, Y, X) tensor (windowed CT, vesselness) -> (2, Z, Y, X) float32 probabilities."""
+        timings = {} if timings is None else timings
+        image = image.to(self.device, torch.float32)
+        if self.kind == "baseline":
+            started = time.perf_counter()
+            probs = self._slide(lambda x: torch.sigmoid(self.model(x).float()), image)
+            timings["stage0_s"] = time.perf_counter() - started
+            return probs.cpu().numpy()
+        prior = None
+        for index in range(len(self.model.stages)):
+            started = time.perf_counter()
+            source = image if prior is None else torch.cat([image, prior])
+
+            def run(x, index=index):
+                img, pri = x[:, :2], (x[:, 2:] if x.shape[1] > 2 else None)
+                return torch.sigmoid(self.model.forward_stage(index, img, pri).float())
+
+            prior = self._slide(run, source)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings[f"stage{index}_s"] = time.perf_counter() - started
+        return prior.cpu().numpy()
+
+    def _slide(self, fn, volume: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return sliding_window_predict(
+                fn, volume, window=self.window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
+            )
+
+    # ---- images ------------------------------------------------------------------------
+    def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input") -> Segmentation:
+        """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
+        normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
+        the record maps the result back to the original grid. Returns labels (and optionally
+        probabilities) in the input grid. ``InvalidScanError`` when no lungs are found."""
+        import SimpleITK as sitk
+
+        from hipas_core.lungs import lung_bounding_box
+        from hipas_core.normalize import normalize_ct, to_input_grid, window
+
+        timings: dict = {}
+        started = time.perf_counter()
+        if record is None:
+            standard, record = normalize_ct(ct_image)
+        else:
+            spacing = ct_image.GetSpacing()[::-1]
+            if not np.allclose(spacing, STANDARD_SPACING, atol=1e-3):
+                raise InvalidScanError(f"{source}: --record given but the CT is not on the standardized grid (spacing {spacing})")
+            standard = ct_image
+        timings["normalize_s"] = time.perf_counter() - started
+        try:
+            box = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM)
+        except InvalidScanError as error:
+            raise InvalidScanError(f"{source}: {error}") from None
+        crop = window(sitk.GetArrayViewFromImage(standard)[box])
+        probs_crop = self.predict_probabilities(crop, timings=timings)
+        started = time.perf_counter()
+        full_shape = sitk.GetArrayViewFromImage(standard).shape
+        channels = []
+        for channel in range(2):
+            full = np.zeros(full_shape, dtype=np.float32)
+            full[box] = probs_crop[channel]
+            image = sitk.GetImageFromArray(full)
+            image.CopyInformation(standard)
+            channels.append(to_input_grid(image, record, interpolation="linear"))
+        probs_input = np.stack([sitk.GetArrayFromImage(c) for c in channels])
+        labels = sitk.GetImageFromArray(exclusive_labels(probs_input, self.thresholds))
+        labels.CopyInformation(channels[0])
+        prob_image = None
+        if probabilities:
+            prob_image = sitk.Compose([sitk.Cast(c, sitk.sitkFloat32) for c in channels])
+        timings["to_input_grid_s"] = time.perf_counter() - started
+        return Segmentation(labels=labels, probabilities=prob_image, timings=timings)
+
+    def segment_file(self, path: str | os.PathLike, *, record_path: str | os.PathLike | None = None,
+                     probabilities: bool = False) -> Segmentation:
+        """Read ``path`` (any CT ``hipas_core.io.read_ct`` reads) and segment it."""
+        from hipas_core.io import read_ct
+
+        record = None
+        if record_path is not None:
+            from hipas_core.normalize import NormalizationRecord
+
+            try:
+                record = NormalizationRecord.from_json(Path(record_path).read_text())
+            except FileNotFoundError:
+                raise InvalidInputError(f"{record_path}: normalization record not found") from None
+            except (ValueError, KeyError, TypeError) as error:
+                raise InvalidInputError(f"{record_path}: not a normalization record ({error})") from None
+        started = time.perf_counter()
+        image = read_ct(path)
+        result = self.segment(image, record=record, probabilities=probabilities, source=str(path))
+        result.timings["read_s"] = time.perf_counter() - started - sum(result.timings.values())
+        return result

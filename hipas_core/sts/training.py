@@ -1,0 +1,253 @@
+"""Training of the STS cascade (or the single-stage baseline) on ``TrainingCase`` patches.
+
+Per step: a batch of patches (vessel-biased sampling, augmentation), the cascade's per-stage
+logits, the loss of eq. 17 for each stage against its own targets (levels <= stage) summed over
+stages (``mode="joint"``), or one stage at a time with the earlier stages frozen
+(``mode="stagewise"``: the steps are split evenly over the stages; with ``warm_start`` stage s
+starts from stage s-1's weights, which on a small compute budget gets the last stage far
+further than training it from scratch). The baseline is trained with
+plain Dice on the whole trees. Adam (paper: lr 1e-4, betas (0.99, 0.999)); AMP (bf16, or fp16
+with loss scaling) on CUDA. A checkpoint (model + training config + data + versions + optimizer
++ RNG state) is written every ``checkpoint_every`` steps and at the end; ``resume=True`` continues
+from it. For a fixed seed, data and number of steps the run is deterministic on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hipas_core.sts.checkpoint import build_model, load_checkpoint, save_checkpoint
+from hipas_core.sts.data import Augmentation, TrainingCase, sample_patch
+from hipas_core.sts.losses import dice_loss, sts_stage_loss
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "cascade"  # or "baseline"
+    model_config: dict = field(default_factory=dict)
+    patch: tuple[int, int, int] = (128, 192, 192)  # (z, y, x); paper 192 x 192 x 128
+    batch_size: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.99, 0.999)
+    mode: str = "joint"  # or "stagewise" (cascade only)
+    warm_start: bool = True  # stagewise: stage s starts from stage s-1's weights
+    seed: int = 0
+    vessel_probability: float = 0.7
+    level_weight_cap: float | None = None  # None: eq. 15 exactly
+    augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
+    val_every: int = 50
+    val_patches: int = 4
+    checkpoint_every: int = 50
+    max_minutes: float | None = None  # stop early (and save) after this wall time
+    device: str = "cpu"
+    amp: bool = True  # CUDA only
+    inference_window: tuple[int, int, int] | None = None  # default: the patch
+    inference_overlap: float = 0.25
+    vesselness_sigmas_mm: tuple[float, ...] = (0.7, 1.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _stage_targets(labels: torch.Tensor, levels: torch.Tensor, stage: int) -> torch.Tensor:
+    """(B, 2, ...) artery/vein annotation of levels <= stage from labels and levels (B, ...)."""
+    keep = (levels >= 1) & (levels <= stage + 1)
+    return torch.stack([(labels == 1) & keep, (labels == 2) & keep], dim=1).float()
+
+
+def _territory(territory: torch.Tensor, stage: int) -> torch.Tensor:
+    return torch.zeros_like(territory[:, 0]) if stage == 0 else territory[:, stage - 1]
+
+
+def make_batch(cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True):
+    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors."""
+    augmentation = Augmentation(**{**config.augmentation, "flip_axes": tuple(config.augmentation.get("flip_axes", ()))})
+    items = []
+    for _ in range(config.batch_size):
+        case = cases[int(rng.integers(len(cases)))]
+        sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability)
+        if augment:
+            image, (labels, levels, territory) = augmentation.apply(
+                sample["image"], [sample["labels"], sample["levels"], sample["territory"]], rng
+            )
+            sample.update(image=image, labels=labels, levels=levels, territory=territory)
+        items.append(sample)
+    batch = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
+    if config.level_weight_cap is not None:
+        batch["weights"] = batch["weights"].clamp(max=config.level_weight_cap)
+    return batch
+
+
+def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stages: Sequence[int] | None = None) -> torch.Tensor:
+    """The training loss of one batch (already on the model's device)."""
+    if config.kind == "baseline":
+        return dice_loss(model(batch["image"]), _stage_targets(batch["labels"], batch["levels"], 3))
+    outputs = model(batch["image"], last_stage=None if stages is None else max(stages))
+    stages = range(len(outputs)) if stages is None else stages
+    loss = batch["image"].new_zeros(())
+    for stage in stages:
+        loss = loss + sts_stage_loss(
+            outputs[stage], _stage_targets(batch["labels"], batch["levels"], stage),
+            _territory(batch["territory"], stage), batch["weights"], max_level=stage,
+        )
+    return loss
+
+
+def final_logits(model: torch.nn.Module, image: torch.Tensor, kind: str) -> torch.Tensor:
+    out = model(image)
+    return out[-1] if kind == "cascade" else out
+
+
+@torch.no_grad()
+def validation_dice(model: torch.nn.Module, batches: Sequence[dict], config: TrainConfig) -> tuple[float, float]:
+    """Hard Dice (threshold 0.5) of artery and vein on fixed validation patches (pooled voxels)."""
+    model.eval()
+    inter = np.zeros(2)
+    total = np.zeros(2)
+    for batch in batches:
+        image = batch["image"].to(config.device)
+        pred = torch.sigmoid(final_logits(model, image, config.kind).float()) > 0.5
+        truth = _stage_targets(batch["labels"], batch["levels"], 3).to(config.device) > 0.5
+        inter += (pred & truth).sum(dim=(0, 2, 3, 4)).cpu().numpy()
+        total += (pred.sum(dim=(0, 2, 3, 4)) + truth.sum(dim=(0, 2, 3, 4))).cpu().numpy()
+    model.train()
+    dice = 2 * inter / np.maximum(total, 1)
+    return float(dice[0]), float(dice[1])
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def train(
+    config: TrainConfig,
+    cases: Sequence[TrainingCase],
+    *,
+    output: str | os.PathLike,
+    validation_cases: Sequence[TrainingCase] = (),
+    data_description: dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train and write the checkpoint ``output``; returns the final checkpoint payload (no weights).
+
+    ``cases``: training cases; ``validation_cases``: for the validation Dice shown in the
+    progress bar (fixed patches; the training cases are used when none are given).
+    """
+    from tqdm import tqdm
+
+    from hipas_core.provenance import package_versions
+
+    if not cases:
+        raise ValueError("no training cases")
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    rng = np.random.default_rng(config.seed)
+    device = torch.device(config.device)
+    model = build_model(config.kind, config.model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    step, history, elapsed_before, warm_started = 0, [], 0.0, []
+    output = Path(output)
+    if resume and output.is_file():
+        state = load_checkpoint(output)
+        model.load_state_dict(state["state_dict"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        step, history = int(state.get("step", 0)), list(state.get("history", []))
+        elapsed_before = float(state.get("train_seconds", 0.0))
+        warm_started = list(state.get("warm_started", []))
+        if "rng" in state:
+            rng.bit_generator.state = state["rng"]["numpy"]
+            torch.set_rng_state(state["rng"]["torch"])
+    val_rng = np.random.default_rng(config.seed + 1_000_003)
+    val_source = list(validation_cases) or list(cases)
+    val_config = TrainConfig(**{**config.to_dict(), "batch_size": 1})
+    val_batches = [make_batch(val_source, val_config, val_rng, augment=False) for _ in range(config.val_patches)]
+
+    stage_count = len(model.stages) if config.kind == "cascade" else 1
+    per_stage = math.ceil(config.steps / stage_count)
+
+    def payload(final: bool) -> dict:
+        inference_window = config.inference_window or config.patch
+        return {
+            "kind": config.kind,
+            "model_config": model.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "inference": {
+                "window": list(inference_window), "overlap": config.inference_overlap,
+                "thresholds": [0.5, 0.5], "vesselness_sigmas_mm": list(config.vesselness_sigmas_mm),
+            },
+            "training_config": config.to_dict(),
+            "data": data_description or {"cases": [c.name for c in cases]},
+            "validation_cases": [c.name for c in validation_cases],
+            "versions": package_versions(),
+            "history": history,
+            "step": step,
+            "finished": final,
+            "warm_started": list(warm_started),
+            "train_seconds": elapsed_before + (time.monotonic() - started),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(rng),
+        }
+
+    started = time.monotonic()
+    model.train()
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=config.kind)
+    val = (float("nan"), float("nan"))
+    stopped_early = False
+    while step < config.steps:
+        if config.max_minutes is not None and (time.monotonic() - started) / 60 > config.max_minutes:
+            stopped_early = True
+            break
+        stages = None
+        if config.kind == "cascade" and config.mode == "stagewise":
+            current = min(step // per_stage, stage_count - 1)
+            stages = [current]
+            # stages reached for the first time start from their predecessor (in order, so a
+            # schedule that jumps over a stage still hands the trained weights on)
+            for later in range(1, current + 1) if config.warm_start else ():
+                if later not in warm_started:
+                    model.stages[later].load_state_dict(model.stages[later - 1].state_dict())
+                    warm_started.append(later)
+            for index, stage_net in enumerate(model.stages):
+                stage_net.requires_grad_(index == current)
+            for index, transmission in enumerate(model.transmissions):
+                transmission.requires_grad_(index + 1 == current)
+        batch = {k: v.to(device) for k, v in make_batch(cases, config, rng).items()}
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+            loss = batch_loss(model, batch, config, stages=stages)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        record = {"step": step, "loss": float(loss.detach())}
+        if step % config.val_every == 0 or step == config.steps:
+            val = validation_dice(model, val_batches, config)
+            record.update(val_dice_artery=val[0], val_dice_vein=val[1])
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", dsc_a=f"{val[0]:.3f}", dsc_v=f"{val[1]:.3f}")
+        if step % config.checkpoint_every == 0:
+            save_checkpoint(output, payload(final=False))
+    bar.close()
+    if stopped_early and (not history or "val_dice_artery" not in history[-1]):
+        val = validation_dice(model, val_batches, config)
+        if history:
+            history[-1].update(val_dice_artery=val[0], val_dice_vein=val[1])
+    final = payload(final=True)
+    final["stopped_early"] = stopped_early
+    save_checkpoint(output, final)
+    return {k: v for k, v in final.items() if k not in ("state_dict", "optimizer", "rng")}

@@ -1,0 +1,115 @@
+"""STS inference: Predictor round trip in the input grid, --record, --batch with a bad row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from hipas_core.atomic import write_image
+from hipas_core.exclusion import read_marker
+from hipas_core.sts.cascade import CascadeConfig
+from hipas_core.sts.checkpoint import build_model, save_checkpoint
+from hipas_core.sts.network import StageConfig
+from hipas_core.sts.predictor import Predictor, exclusive_labels
+
+
+def tiny_chest(shape=(20, 36, 44), spacing_zyx=(2.0, 1.4, 1.3)) -> sitk.Image:
+    """Body of soft tissue with two air-filled lungs and a bright tube in each (HU, int16)."""
+    z, y, x = np.indices(shape)
+    cy, cx = shape[1] / 2, shape[2] / 2
+    ct = np.full(shape, -1000, np.int16)
+    body = ((y - cy) / (shape[1] * 0.48)) ** 2 + ((x - cx) / (shape[2] * 0.48)) ** 2 <= 1
+    ct[body] = 40
+    for side in (-1, 1):
+        lung = ((y - cy) / (shape[1] * 0.3)) ** 2 + ((x - cx - side * shape[2] * 0.22) / (shape[2] * 0.17)) ** 2 <= 1
+        lung &= (z > 2) & (z < shape[0] - 3)
+        ct[lung] = -850
+        tube = ((y - cy) ** 2 + (x - cx - side * shape[2] * 0.22) ** 2 <= 2) & lung
+        ct[tube] = 60
+    image = sitk.GetImageFromArray(ct)
+    image.SetSpacing(spacing_zyx[::-1])
+    image.SetOrigin((-30.0, 12.5, 100.0))
+    return image
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    config = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
+    model = build_model("cascade", config)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, {
+        "kind": "cascade", "model_config": config, "state_dict": model.state_dict(),
+        "inference": {"window": [16, 32, 32], "overlap": 0.25, "thresholds": [0.5, 0.5],
+                      "vesselness_sigmas_mm": [1.0]},
+    })
+    return path
+
+
+def test_exclusive_labels_argmax_where_both_pass():
+    probs = np.array([[0.9, 0.6, 0.2, 0.7], [0.1, 0.8, 0.3, 0.7]])
+    assert exclusive_labels(probs).tolist() == [1, 2, 0, 1]
+
+
+def test_predictor_round_trip_writes_labels_in_input_grid(tiny_model):
+    torch.set_num_threads(1)
+    image = tiny_chest()
+    predictor = Predictor(tiny_model)
+    result = predictor.segment(image, probabilities=True)
+    labels = result.labels
+    assert labels.GetSize() == image.GetSize()
+    assert np.allclose(labels.GetSpacing(), image.GetSpacing())
+    assert np.allclose(labels.GetOrigin(), image.GetOrigin())
+    assert labels.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1, 2}
+    probs = result.probabilities
+    assert probs.GetNumberOfComponentsPerPixel() == 2 and probs.GetSize() == image.GetSize()
+    assert {"vesselness_s", "stage0_s", "stage3_s"} <= set(result.timings)
+
+
+def test_predictor_with_record_maps_back_to_original_grid(tiny_model):
+    from hipas_core.normalize import normalize_ct
+
+    image = tiny_chest()
+    standard, record = normalize_ct(image)
+    predictor = Predictor(tiny_model)
+    direct = predictor.segment(image).labels
+    via_record = predictor.segment(standard, record=record).labels
+    assert via_record.GetSize() == image.GetSize()
+    assert np.array_equal(sitk.GetArrayViewFromImage(direct), sitk.GetArrayViewFromImage(via_record))
+
+
+@pytest.mark.slow
+def test_segment_cli_single_and_batch_with_one_bad_row(tmp_path, tiny_model, hipas):
+    ct = tmp_path / "ct.nii.gz"
+    write_image(ct, tiny_chest())
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("not an image\n")
+    out = tmp_path / "labels.nii.gz"
+    single = hipas("segment", "-i", ct, "-o", out, "--model", tiny_model, "--threads", "1")
+    assert single.returncode == 0, single.stderr
+    assert sitk.ReadImage(str(out)).GetSize() == tiny_chest().GetSize()
+
+    batch = tmp_path / "scans.tsv"
+    good_out, bad_out = tmp_path / "b_good.nii.gz", tmp_path / "b_bad.nii.gz"
+    batch.write_text(f"input\toutput\trecord\tscan_id\n{bad}\t{bad_out}\t\tbroken\n{ct}\t{good_out}\t\tgood\n")
+    excluded = hipas("segment", "--batch", batch, "--model", tiny_model, "--exclude-invalid", "--threads", "1")
+    assert excluded.returncode == 0, excluded.stderr
+    marker = read_marker(bad_out)
+    assert marker is not None and marker.scan_id == "broken" and marker.stage == "segment"
+    assert sitk.ReadImage(str(good_out)).GetSize() == tiny_chest().GetSize()
+
+    good_out.unlink()
+    bad_out.unlink()
+    failing = hipas("segment", "--batch", batch, "--model", tiny_model, "--threads", "1")
+    assert failing.returncode == 2
+    assert "bad.nii.gz" in failing.stderr
+    assert good_out.is_file() and not bad_out.exists()
+
+
+def test_segment_cli_rejects_missing_model(tmp_path, hipas):
+    result = hipas("segment", "-i", tmp_path / "x.nii.gz", "-o", tmp_path / "y.nii.gz", "--model", tmp_path / "none.pt")
+    assert result.returncode == 2
+    assert "none.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,125 @@
+"""STS training: patch sampling, a few steps lower the loss, determinism and resume (tiny)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hipas_core.sts.cascade import CascadeConfig
+from hipas_core.sts.checkpoint import build_model, load_checkpoint
+from hipas_core.sts.data import (
+    Augmentation,
+    TrainingCase,
+    level_territories,
+    parse_seeds,
+    phantom_plan,
+    sample_patch,
+)
+from hipas_core.sts.losses import level_weights
+from hipas_core.sts.network import StageConfig
+from hipas_core.sts.training import TrainConfig, batch_loss, make_batch, train
+
+TINY_MODEL = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
+
+
+def tiny_case(seed: int = 0, shape=(24, 40, 40)) -> TrainingCase:
+    """Two straight bright tubes (artery along z, vein along x) with levels along their length."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    artery = ((y - 12) ** 2 + (x - 14) ** 2) <= 9
+    vein = ((z - 12) ** 2 + (y - 28) ** 2) <= 9
+    labels = np.zeros(shape, np.uint8)
+    labels[artery] = 1
+    labels[vein] = 2
+    levels = np.zeros(shape, np.uint8)
+    levels[artery] = 1 + np.minimum(z[artery] // 6, 3)
+    levels[vein] = 1 + np.minimum(x[vein] // 10, 3)
+    ct = 0.1 + 0.02 * rng.standard_normal(shape)
+    ct[artery] = 0.7
+    ct[vein] = 0.6
+    image = np.stack([ct, (labels > 0) * 0.8]).astype(np.float16)
+    return TrainingCase(
+        name=f"tiny-{seed}", image=image, labels=labels, levels=levels, lungs=np.ones(shape, np.uint8),
+        territory=level_territories(levels), weights=level_weights(levels, labels),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def test_level_territories_assign_nearest_level():
+    levels = np.zeros((1, 1, 9), np.uint8)
+    levels[0, 0, 0] = 1  # level 0
+    levels[0, 0, 8] = 2  # level 1
+    t = level_territories(levels, spacing=(1, 1, 1))
+    assert t.shape == (3, 1, 1, 9)
+    assert t[0, 0, 0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1] or t[0, 0, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert t[0, 0, 0, 0] == 0 and t[0, 0, 0, 8] == 1
+
+
+def test_sample_patch_shapes_and_vessel_bias():
+    case = tiny_case()
+    rng = np.random.default_rng(0)
+    patch = sample_patch(case, (16, 16, 16), rng, vessel_probability=1.0)
+    assert patch["image"].shape == (2, 16, 16, 16) and patch["territory"].shape == (3, 16, 16, 16)
+    assert patch["labels"].any()
+    big = sample_patch(case, (32, 48, 48), rng)  # larger than the case: zero padded
+    assert big["image"].shape == (2, 32, 48, 48)
+
+
+def test_augmentation_keeps_targets_and_range():
+    case = tiny_case()
+    rng = np.random.default_rng(1)
+    image = case.image[:, :16, :16, :16].astype(np.float32)
+    out, (labels,) = Augmentation(thick_slice_probability=1.0).apply(image, [case.labels[:16, :16, :16]], rng)
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
+    assert np.array_equal(labels, case.labels[:16, :16, :16])
+
+
+def test_phantom_plan_and_seed_parsing():
+    assert parse_seeds("1-3,7") == [1, 2, 3, 7]
+    plan = phantom_plan([1, 2, 3, 4])
+    assert [p[1] for p in plan] == ["ncct", "ctpa", "ncct", "ctpa"]
+    assert plan[0][2] is None and plan[3][2] in (2.5, 3.0)
+
+
+@pytest.mark.parametrize("kind", ["cascade", "baseline"])
+def test_a_few_steps_lower_the_loss(kind):
+    torch.manual_seed(0)
+    model_config = TINY_MODEL if kind == "cascade" else {"widths": (4, 8, 8, 8, 8)}
+    config = TrainConfig(kind=kind, model_config=model_config, patch=(16, 32, 32), lr=3e-3, betas=(0.9, 0.999))
+    model = build_model(kind, model_config)
+    batch = make_batch([tiny_case()], config, np.random.default_rng(0), augment=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = batch_loss(model, batch, config)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_train_is_deterministic_and_resume_continues_exactly(tmp_path):
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=4, lr=1e-3, seed=3,
+                         val_every=2, val_patches=1, checkpoint_every=2)
+    cases = [tiny_case(0), tiny_case(1)]
+    straight = tmp_path / "straight.pt"
+    summary = train(config, cases, output=straight, progress=False)
+    assert summary["step"] == 4 and "val_dice_artery" in summary["history"][-1]
+    again = tmp_path / "again.pt"
+    train(config, cases, output=again, progress=False)
+    a, b = load_checkpoint(straight), load_checkpoint(again)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["training_config"]["seed"] == 3 and "torch" in a["versions"]
+
+    resumed = tmp_path / "resumed.pt"
+    train(TrainConfig(**{**config.to_dict(), "steps": 2}), cases, output=resumed, progress=False)
+    train(config, cases, output=resumed, resume=True, progress=False)
+    c = load_checkpoint(resumed)
+    assert c["step"] == 4
+    assert all(torch.allclose(a["state_dict"][k], c["state_dict"][k], atol=1e-6) for k in a["state_dict"])
