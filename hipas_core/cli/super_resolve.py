@@ -1,6 +1,6 @@
 """``hipas super-resolve -i CT -o OUT.nii.gz``: I2SR of a thick-slice CT to 1 mm slices.
 
-Slices thicker than 2 mm are super-resolved with the I2SR model (same in-plane grid, 1 mm
+Slices thicker than ``--threshold-mm`` (2 mm, the paper's) are super-resolved with the I2SR model (same in-plane grid, 1 mm
 slices from the first input slice on). Thinner slices are copied through unchanged. The image
 is written as int16 HU when every value is a whole number in range (always for I2SR output,
 which is rounded), else float32. The sidecar ``OUT.json`` says what was done (``copied_through``,
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
 from hipas_core.cli.normalize import sidecar_path
+from hipas_core.grid import I2SR_THICKNESS_MM
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "i2sr-demo.pt"
 
@@ -22,13 +23,17 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="CT: DICOM folder, NIfTI, NRRD/MHA or HiPaS NPZ")
     parser.add_argument("-o", "--output", required=True, help="1 mm-slice CT (.nii.gz); a sidecar OUT.json is written too")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="I2SR checkpoint (default: models/i2sr-demo.pt)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch device")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="torch device (auto: cuda when available, else cpu)")
+    parser.add_argument("--threshold-mm", type=float, default=I2SR_THICKNESS_MM,
+                        help=f"super-resolve only slices thicker than this (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
     parser.add_argument("--metadata-table", help="CSV with case_id and spacing columns (HiPaS NPZ input)")
     add_scan_stage_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     sidecar = sidecar_path(args.output)
+    threshold = args.threshold_mm
     scan_id = args.scan_id or default_scan_id(args.input)
 
     def work() -> None:
@@ -37,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
         from hipas_core.atomic import atomic_path, write_image, write_json
         from hipas_core.errors import InvalidInputError
-        from hipas_core.grid import I2SR_THICKNESS_MM
         from hipas_core.io import read_ct
         from hipas_core.normalize import slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
@@ -48,24 +52,27 @@ def run(args: argparse.Namespace) -> int:
             "scan_id": scan_id,
             "input_slice_thickness_mm": thickness,
             "input_spacing": list(image.GetSpacing()[::-1]),
-            "threshold_mm": I2SR_THICKNESS_MM,
+            "threshold_mm": threshold,
         }
-        if thickness <= I2SR_THICKNESS_MM + 1e-6:
+        if thickness <= threshold + 1e-6:
             result = image
-            record.update(copied_through=True, reason=f"slice thickness {thickness:g} mm <= {I2SR_THICKNESS_MM:g} mm: copied unchanged")
+            record.update(copied_through=True, reason=f"slice thickness {thickness:g} mm <= {threshold:g} mm: copied unchanged")
             params = {"input": str(args.input)}
         else:
             import torch
 
             from hipas_core.i2sr import load_model, super_resolve
 
-            if args.device == "cuda" and not torch.cuda.is_available():
+            device = args.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cuda" and not torch.cuda.is_available():
                 raise InvalidInputError("--device cuda: no CUDA device available")
-            model = load_model(args.model, device=args.device)
-            result = super_resolve(image, model=model, device=args.device)
-            record.update(copied_through=False, reason=f"slice thickness {thickness:g} mm > {I2SR_THICKNESS_MM:g} mm: I2SR")
+            model = load_model(args.model, device=device)
+            result = super_resolve(image, model=model, device=device)
+            record.update(copied_through=False, reason=f"slice thickness {thickness:g} mm > {threshold:g} mm: I2SR")
             params = {"input": str(args.input), "model": str(args.model), "model_sha256": file_sha256(args.model),
-                      "device": args.device}
+                      "device": device}
         values = sitk.GetArrayViewFromImage(result)
         if not record["copied_through"]:
             values = np.round(values)

@@ -190,3 +190,13 @@ def test_cli_super_resolve_bad_model_exits_2(tmp_path, hipas):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "absent.pt" in result.stderr
     assert not out.exists() and not (tmp_path / "sr.json").exists()
+
+
+def test_cli_super_resolve_threshold_option_copies_below_it(tmp_path, hipas):
+    source = _thick_nifti(tmp_path / "thick.nii.gz", 3.0)
+    out = tmp_path / "sr.nii.gz"
+    result = hipas("super-resolve", "-i", source, "-o", out, "--threshold-mm", "3.5",
+                   "--model", tmp_path / "absent.pt")
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads((tmp_path / "sr.json").read_text())
+    assert sidecar["copied_through"] is True and sidecar["threshold_mm"] == 3.5
