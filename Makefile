@@ -20,11 +20,12 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --printshellcmds
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html
 	@echo "Demo finished: results/cohort/metrics.parquet, results/figure4/, results/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -m "not slow"
@@ -34,8 +35,8 @@ lint: $(STAMP)
 
 slurm-profile:
 	mkdir -p $(HOME)/.config/snakemake/slurm
-	cp workflow/profiles/slurm/config.yaml $(HOME)/.config/snakemake/slurm/config.yaml
-	@echo "Installed the 'slurm' profile in ~/.config/snakemake/slurm: set slurm_partition there."
+	cp workflow/profiles/slurm/config.yaml workflow/profiles/slurm/partitions.yaml $(HOME)/.config/snakemake/slurm/
+	@echo "Installed the 'slurm' profile in ~/.config/snakemake/slurm: set slurm_partition and slurm_account there."
 
 clean:
 	rm -rf results .snakemake

@@ -1,0 +1,179 @@
+# Config and manifest loading, validation and input functions (no rules here).
+#
+# Manifests are validated in one pass with plain Python (csv, sets, os.access) against the
+# allowed values in workflow/schemas/manifest.schema.yaml: 11,784 rows take well under a second,
+# where validating each row with jsonschema would take tens of seconds. Every error is one line
+# naming the manifest, its line and the column.
+
+import csv
+import os
+import re
+
+import yaml
+
+MANIFEST_SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "workflow/schemas/manifest.schema.yaml")))
+DISEASE_FLAGS = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
+PHANTOM_CT = "results/phantoms/{scan}/ct.nii.gz"
+
+
+class ManifestError(Exception):
+    """A manifest that breaks the rules; the message is one line naming file, line and column."""
+
+
+def _manifest_checks():
+    """column -> (kind, allowed) from the manifest schema: ('enum', set) or ('pattern', regex)."""
+    checks = {}
+    for column, spec in MANIFEST_SCHEMA["properties"].items():
+        if "enum" in spec:
+            checks[column] = ("enum", frozenset(spec["enum"]))
+        elif "pattern" in spec:
+            checks[column] = ("pattern", re.compile(spec["pattern"]))
+    return checks
+
+
+def load_manifests(sites):
+    """Validate every site manifest; return (scans: scan_id -> row dict, site -> [scan ids])."""
+    checks = _manifest_checks()
+    required = MANIFEST_SCHEMA["required"]
+    scans, by_site, first_seen = {}, {}, {}
+    for site, entry in sites.items():
+        manifest = entry["manifest"]
+        phantom = entry.get("phantom", False)
+        if not os.access(manifest, os.R_OK):
+            raise ManifestError(f"{manifest}: manifest of site {site!r} not found or not readable")
+        folder = os.path.dirname(os.path.abspath(manifest))
+        with open(manifest, newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            header = next(reader, None) or []
+            missing = [c for c in required if c not in header]
+            if phantom:
+                missing += [c for c in ("seed", "height_cm") if c not in header]
+            if missing:
+                raise ManifestError(f"{manifest}: line 1: missing column(s) {', '.join(missing)}")
+            column_checks = [(header.index(c), c, kind, allowed) for c, (kind, allowed) in checks.items() if c in header]
+            site_scans = by_site.setdefault(site, [])
+            for line, values in enumerate(reader, start=2):
+                if not values or values == [""]:
+                    continue
+                if len(values) != len(header):
+                    raise ManifestError(f"{manifest}: line {line}: {len(values)} fields, the header has {len(header)}")
+                for index, column, kind, allowed in column_checks:
+                    value = values[index]
+                    ok = value in allowed if kind == "enum" else allowed.fullmatch(value) is not None
+                    if not ok:
+                        want = " or ".join(sorted(allowed)) if kind == "enum" else allowed.pattern
+                        raise ManifestError(f"{manifest}: line {line}, column {column}: {value!r} is not allowed (expected {want})")
+                row = dict(zip(header, values))
+                scan_id = row["scan_id"]
+                if scan_id in first_seen:
+                    raise ManifestError(f"{manifest}: line {line}, column scan_id: {scan_id!r} already used in {first_seen[scan_id]}")
+                first_seen[scan_id] = f"{manifest} line {line}"
+                path = os.path.normpath(os.path.join(folder, row["path"]))
+                if phantom:
+                    expected = os.path.abspath(PHANTOM_CT.format(scan=scan_id))
+                    if path != expected:
+                        raise ManifestError(f"{manifest}: line {line}, column path: a phantom site's scan must be {expected}, not {path}")
+                    row["input"] = PHANTOM_CT.format(scan=scan_id)
+                else:
+                    if not os.access(path, os.R_OK):
+                        raise ManifestError(f"{manifest}: line {line}, column path: {path} not found or not readable")
+                    row["input"] = path
+                row["site"] = site
+                scans[scan_id] = row
+                site_scans.append(scan_id)
+    return scans, by_site
+
+
+def chunk_scans(by_site, size):
+    """Segmentation batches: each site's scans in manifest order, ``size`` per batch."""
+    return {
+        (site, f"{start // size:04d}"): ids[start:start + size]
+        for site, ids in by_site.items()
+        for start in range(0, len(ids), size)
+    }
+
+
+SCANS, SITE_SCANS = load_manifests(config["sites"])
+BATCHES = chunk_scans(SITE_SCANS, config["segmentation"]["batch_size"])
+BATCH_OF = {scan: key for key, ids in BATCHES.items() for scan in ids}
+
+
+# ---- input functions -------------------------------------------------------------------------
+
+def scan_ct(wildcards):
+    return SCANS[wildcards.scan]["input"]
+
+
+def phantom_arguments(wildcards):
+    from hipas_core.phantom.cohort import phantom_arguments as arguments
+
+    row = SCANS[wildcards.scan]
+    return " ".join(arguments(row, size=config["phantom"]["size"]))
+
+
+def batch_dir(site, chunk):
+    return f"results/segment/{site}/batch{chunk}"
+
+
+def labels_of(scan):
+    site, chunk = BATCH_OF[scan]
+    return f"{batch_dir(site, chunk)}/{scan}.nii.gz"
+
+
+def scan_batch_dir(wildcards):
+    return batch_dir(*BATCH_OF[wildcards.scan])
+
+
+def scan_labels(wildcards):
+    return labels_of(wildcards.scan)
+
+
+def batch_images(wildcards):
+    return [f"results/scans/{scan}/std.nii.gz" for scan in BATCHES[(wildcards.site, wildcards.chunk)]]
+
+
+def batch_table(wildcards, output):
+    """The `hipas segment --batch` table: input, output, record, scan_id (one line per scan)."""
+    lines = ["input\toutput\trecord\tscan_id"]
+    for scan in BATCHES[(wildcards.site, wildcards.chunk)]:
+        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\t\t{scan}")
+    return "\n".join(lines) + "\n"
+
+
+def batch_runtime(wildcards):
+    """Minutes for a segment job: start-up plus a generous per-scan allowance."""
+    return 15 + 5 * len(BATCHES[(wildcards.site, wildcards.chunk)])
+
+
+def lung_weights_option(wildcards):
+    weights = config["lungs"]["weights"]
+    return f"--weights {weights}" if weights else ""
+
+
+def all_segment_batches():
+    return [batch_dir(site, chunk) for site, chunk in BATCHES]
+
+
+def site_options():
+    return " ".join(f"--site {site}={entry['manifest']}" for site, entry in config["sites"].items())
+
+
+def qc_report_sample():
+    return list(SCANS)[: config["analysis"]["qc_sample"]]
+
+
+SEGMENT_DEVICE = config["segmentation"]["device"]
+
+
+def remove_partial_files(folder="results"):
+    """Delete the temporary files (``.<name>.tmp-*``, hipas_core.atomic) that commands killed
+    mid-write (SIGKILL, node failure) left beside their outputs. Runs at the start of a real
+    run, under Snakemake's lock, so no job of this workflow is writing at that moment."""
+    removed = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and ".tmp-" in name:
+                os.remove(os.path.join(parent, name))
+                removed += 1
+    if removed:
+        print(f"removed {removed} partial file(s) left by interrupted jobs under {folder}/")

@@ -1,0 +1,31 @@
+# Artery/vein segmentation in batches: one job per `segmentation.batch_size` scans of a site
+# (manifest order), one process and one model load for the whole batch (`hipas segment
+# --batch`), so Python, CUDA and model start-up are paid once per batch, not once per scan.
+# The labels of a batch land in one folder, one file (or exclusion marker) per scan.
+
+
+rule segment:
+    input:
+        images=batch_images,
+        model=config["models"]["sts"],
+    output:
+        directory("results/segment/{site}/batch{chunk}"),
+    params:
+        table=batch_table,
+        device=SEGMENT_DEVICE,
+    log:
+        table="results/logs/segment/{site}_batch{chunk}.tsv",
+        stderr="results/logs/segment/{site}_batch{chunk}.log",
+    benchmark:
+        "results/benchmarks/segment/{site}_batch{chunk}.tsv"
+    conda:
+        "../envs/hipas.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=batch_runtime,
+        gpu=1,
+    shell:
+        "printf '%s' {params.table:q} > {log.table} &&"
+        " hipas segment --batch {log.table} --model {input.model} --device {params.device}"
+        " --threads {threads} --exclude-invalid > {log.stderr} 2>&1"
