@@ -4,7 +4,7 @@
 #   snakemake --cores 2 --report results/report.html
 #   snakemake --profile slurm                  # on a SLURM cluster (make slurm-profile)
 #
-# Per scan: [demo_phantom] -> super_resolve -> normalize -> segment (GPU, batched per site)
+# Per scan: [demo_phantom] -> normalize (I2SR inside for thick slices) -> segment (GPU, batched per site)
 #           -> lungs -> morphometry, qc_figure.
 # Per cohort: cohort_table (+ exclusions.csv) -> figure4, and the report.
 

@@ -1,9 +1,12 @@
 """Assemble the cohort table from per-scan workflow outputs and the site manifests.
 
 Per scan the workflow leaves, under ``SCANS_DIR/<scan_id>/``, ``morphometry.parquet`` (one row,
-``hipas_core.morphometry``) and ``sr.json`` (the super-resolution record, which holds the slice
+``hipas_core.morphometry``) and ``std.json`` (the normalization record, which holds the slice
 thickness of the scan as acquired). Either may be an exclusion marker
-(``hipas_core.exclusion``): such a scan becomes a row of the exclusions table instead.
+(``hipas_core.exclusion``): such a scan becomes a row of the exclusions table instead. So does a
+scan whose measured lung volume lies outside the range the analysis accepts
+(``analysis.cohort.LUNG_VOLUME_RANGE_L``; stage ``qc``): a failed segmentation or lung mask of one
+scan must not stop the Figure 4 analysis of the whole cohort.
 
 The cohort table has the columns of ARCHITECTURE.md "Cohort table": ``scan_id``, ``site``,
 ``sex``, ``age``, ``protocol``, ``slice_thickness_mm``, ``lung_volume_l`` (= lung_volume_ml /
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.cohort import LUNG_VOLUME_RANGE_L
 from hipas_core.errors import InvalidInputError
 from hipas_core.exclusion import read_marker
 
@@ -65,16 +69,20 @@ def assemble_cohort(
     rows, exclusions = [], []
     for record in manifests.to_dict("records"):
         scan_id, folder = record["scan_id"], scans_dir / record["scan_id"]
-        morphometry, sr_record = folder / "morphometry.parquet", folder / "sr.json"
-        for path in (morphometry, sr_record):
+        morphometry, std_record = folder / "morphometry.parquet", folder / "std.json"
+        for path in (morphometry, std_record):
             if not path.is_file():
                 raise InvalidInputError(f"{path}: missing (has the workflow run for scan {scan_id}?)")
-        marker = read_marker(morphometry) or read_marker(sr_record)
+        marker = read_marker(morphometry) or read_marker(std_record)
         if marker is not None:
             exclusions.append({"scan_id": scan_id, "site": record["site"], "stage": marker.stage, "reason": marker.reason})
             continue
         row = pd.read_parquet(morphometry).iloc[0].to_dict()
-        rows.append({**_demographics(record), "slice_thickness_mm": _slice_thickness(sr_record), **row,
+        implausible = _implausible(row)
+        if implausible:
+            exclusions.append({"scan_id": scan_id, "site": record["site"], "stage": "qc", "reason": implausible})
+            continue
+        rows.append({**_demographics(record), "slice_thickness_mm": _slice_thickness(std_record), **row,
                      "scan_id": scan_id})
     excluded = pd.DataFrame(exclusions, columns=list(EXCLUSION_COLUMNS))
     if not rows:
@@ -98,10 +106,20 @@ def _demographics(record: Mapping[str, str]) -> dict:
     }
 
 
-def _slice_thickness(sr_record: Path) -> float:
-    """Slice thickness as acquired (the super-resolution record's input thickness)."""
-    record = json.loads(sr_record.read_text())
+def _implausible(row: Mapping) -> str:
+    """Why a morphometry row cannot enter the analysis ('' when it can)."""
+    low, high = LUNG_VOLUME_RANGE_L
+    litres = float(row["lung_volume_ml"]) / 1000.0
+    if not low <= litres <= high:
+        return (f"lung volume minus vessels {litres:.3g} L outside [{low:g}, {high:g}] L "
+                f"(lungs {float(row['lung_total_ml']) / 1000.0:.3g} L): failed segmentation or lung mask")
+    return ""
+
+
+def _slice_thickness(std_record: Path) -> float:
+    """Slice thickness as acquired (the normalization record's input thickness)."""
+    record = json.loads(std_record.read_text())
     try:
-        return float(record["input_slice_thickness_mm"])
+        return float(record["slice_thickness_mm"])
     except (KeyError, TypeError, ValueError):
-        raise InvalidInputError(f"{sr_record}: no input_slice_thickness_mm") from None
+        raise InvalidInputError(f"{std_record}: no slice_thickness_mm") from None

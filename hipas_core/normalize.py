@@ -155,15 +155,21 @@ def to_input_grid(
     return _resample(standard_mask, record.input_reference(), interpolation, outside=0.0)
 
 
-def normalize_ct(image: sitk.Image, *, i2sr_model=None, device: str = "cpu") -> tuple[sitk.Image, NormalizationRecord]:
+def normalize_ct(
+    image: sitk.Image,
+    *,
+    i2sr_model=None,
+    device: str = "cpu",
+    i2sr_threshold_mm: float = I2SR_THICKNESS_MM,
+) -> tuple[sitk.Image, NormalizationRecord]:
     """Resample a CT (HU) onto the standardized grid; returns (float32 HU image, record).
 
-    Slices thicker than ``I2SR_THICKNESS_MM`` set ``record.needs_i2sr``. They are super-resolved to
+    Slices thicker than ``i2sr_threshold_mm`` (the paper's 2 mm) set ``record.needs_i2sr``. They are super-resolved to
     1 mm with I2SR first when ``i2sr_model`` (a model from ``hipas_core.i2sr.load_model``) is given,
     otherwise interpolated trilinearly like thin slices; ``record.z_method`` says which.
     """
     thickness = slice_thickness_mm(image)
-    needs_i2sr = thickness > I2SR_THICKNESS_MM + 1e-6
+    needs_i2sr = thickness > i2sr_threshold_mm + 1e-6
     source, z_method, notes = image, "linear", []
     if needs_i2sr and i2sr_model is not None:
         from hipas_core.i2sr import super_resolve
@@ -175,7 +181,7 @@ def normalize_ct(image: sitk.Image, *, i2sr_model=None, device: str = "cpu") -> 
         source = _pad_slices_with_edges(source, math.ceil(thickness / 2 / source.GetSpacing()[2]) + 1)
         z_method = "i2sr"
     elif needs_i2sr:
-        notes.append(f"slice thickness {thickness:g} mm > {I2SR_THICKNESS_MM:g} mm; no I2SR model given, z resampled trilinearly")
+        notes.append(f"slice thickness {thickness:g} mm > {i2sr_threshold_mm:g} mm; no I2SR model given, z resampled trilinearly")
     reference = standard_reference(image)
     standard = _resample(source, reference, "linear", outside=CT_OUTSIDE_HU)
     assumed = image.HasMetaDataKey("hipas_spacing_assumed") and image.GetMetaData("hipas_spacing_assumed") == "1"

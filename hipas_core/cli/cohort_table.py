@@ -3,7 +3,7 @@
     hipas cohort-table --site NAME=MANIFEST.tsv [--site ...] --scans-dir results/scans \
         -o metrics.parquet --exclusions exclusions.csv
 
-Reads ``SCANS_DIR/<scan_id>/morphometry.parquet`` and ``sr.json`` for every manifest row;
+Reads ``SCANS_DIR/<scan_id>/morphometry.parquet`` and ``std.json`` for every manifest row;
 scans whose outputs are exclusion markers go to the exclusions CSV (scan_id, site, stage,
 reason) and the table is built from the rest. Both files are written atomically.
 """

@@ -3,7 +3,8 @@
 Writes ``OUT.nii.gz`` (int16 HU, rounded; standardized grid: spacing 1.0 x 334/512 x 334/512 mm,
 LPS identity direction) and the sidecar ``OUT.json`` (the ``NormalizationRecord``: input grid,
 slice thickness, needs_i2sr, z_method, plus provenance). With ``--i2sr-model`` slices thicker
-than 2 mm are super-resolved with I2SR before resampling; otherwise z is trilinear.
+than ``--i2sr-threshold-mm`` (2 mm) are super-resolved with I2SR before resampling (the model is
+loaded only for such scans); otherwise z is trilinear.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
+from hipas_core.grid import I2SR_THICKNESS_MM
 
 
 def sidecar_path(output: str | Path) -> Path:
@@ -24,8 +26,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="DICOM folder, NIfTI, NRRD/MHA or HiPaS ct_scan/NNN.npz")
     parser.add_argument("-o", "--output", required=True, help="standardized CT (.nii.gz); the record goes to OUT.json")
     parser.add_argument("--metadata-table", help="CSV with case_id, spacing_x_mm, spacing_y_mm, spacing_z_mm (HiPaS NPZ)")
-    parser.add_argument("--i2sr-model", help="I2SR checkpoint: super-resolve slices thicker than 2 mm instead of trilinear z")
-    parser.add_argument("--device", default="cpu", help="torch device for I2SR (cpu or cuda)")
+    parser.add_argument("--i2sr-model", help="I2SR checkpoint: super-resolve thick slices instead of trilinear z")
+    parser.add_argument("--i2sr-threshold-mm", type=float, default=I2SR_THICKNESS_MM,
+                        help=f"slices thicker than this get I2SR (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="torch device for I2SR (auto: cuda when available, else cpu)")
     add_scan_stage_options(parser)
 
 
@@ -38,20 +43,28 @@ def run(args: argparse.Namespace) -> int:
 
         from hipas_core.atomic import atomic_path, write_image, write_json
         from hipas_core.io import read_ct
-        from hipas_core.normalize import normalize_ct
+        from hipas_core.normalize import normalize_ct, slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
 
         image = read_ct(args.input, metadata_table=args.metadata_table)
-        model = None
-        if args.i2sr_model:
+        model, device = None, "cpu"
+        if args.i2sr_model and slice_thickness_mm(image) > args.i2sr_threshold_mm + 1e-6:
+            import torch
+
             from hipas_core.i2sr import load_model
 
-            model = load_model(args.i2sr_model)
-        standard, record = normalize_ct(image, i2sr_model=model, device=args.device)
+            device = args.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = load_model(args.i2sr_model, device=device)
+        standard, record = normalize_ct(
+            image, i2sr_model=model, device=device, i2sr_threshold_mm=args.i2sr_threshold_mm
+        )
         hu = np.clip(np.round(sitk.GetArrayViewFromImage(standard)), -32768, 32767).astype(np.int16)
         out = sitk.GetImageFromArray(hu)
         out.CopyInformation(standard)
-        params = {"input": str(args.input), "metadata_table": args.metadata_table, "i2sr_model": args.i2sr_model}
+        params = {"input": str(args.input), "metadata_table": args.metadata_table, "i2sr_model": args.i2sr_model,
+                  "i2sr_threshold_mm": args.i2sr_threshold_mm}
         if args.i2sr_model:
             params["i2sr_model_sha256"] = file_sha256(args.i2sr_model)
         # both files appear together: each is staged under a temporary name, renamed at the end

@@ -32,7 +32,7 @@ from workflow_copy import (
 from hipas_core.phantom.cohort import MANIFEST_COLUMNS, demo_cohort_rows
 
 pytestmark = pytest.mark.integration
-PER_SCAN_OUTPUTS = ("sr.json", "std.json", "lungs.nii.gz", "morphometry.parquet")
+PER_SCAN_OUTPUTS = ("std.json", "lungs.nii.gz", "morphometry.parquet")
 
 
 def demo_manifest_text(rows: list[dict]) -> str:
@@ -161,7 +161,7 @@ def test_unreadable_scan_is_excluded_and_the_cohort_completes(copy, killed_and_r
     exclusions = pd.read_csv(copy / "results/cohort/exclusions.csv")
     assert list(exclusions.columns) == ["scan_id", "site", "stage", "reason"]
     assert exclusions["scan_id"].tolist() == ["broken_001"]
-    assert exclusions["site"].tolist() == ["broken"] and exclusions["stage"].tolist() == ["super-resolve"]
+    assert exclusions["site"].tolist() == ["broken"] and exclusions["stage"].tolist() == ["normalize"]
     assert "broken_001.nii.gz" in exclusions["reason"][0]
     cohort = pd.read_parquet(copy / "results/cohort/metrics.parquet")
     assert cohort["scan_id"].tolist() == ["harbin_001", "harbin_002"]
@@ -181,7 +181,7 @@ def test_adding_a_site_plans_only_its_scans_and_the_cohort_steps(copy, killed_an
                         "broken": {"manifest": "data/broken/broken.tsv"},
                         "mudanjiang": {"manifest": str(new.relative_to(copy)), "phantom": True}})
     counts = job_counts(snakemake(copy, "-n").stdout)
-    per_scan = {"demo_phantom", "super_resolve", "normalize", "lungs", "morphometry", "qc_figure"}
+    per_scan = {"demo_phantom", "normalize", "lungs", "morphometry", "qc_figure"}
     assert {rule: counts.get(rule) for rule in per_scan} == dict.fromkeys(per_scan, 2)
     assert counts["segment"] == 1 and counts["cohort_table"] == 1 and counts["figure4"] == 1
-    assert counts["total"] == 12 + 1 + 3 + counts.get("qc_report_sample", 0)
+    assert counts["total"] == 10 + 1 + 3 + counts.get("qc_report_sample", 0)

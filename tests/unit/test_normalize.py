@@ -164,6 +164,23 @@ def test_cli_normalize_writes_image_and_sidecar(tmp_path, hipas):
     assert record.standard_size == sitk.GetArrayViewFromImage(image).shape
 
 
+
+def test_cli_normalize_applies_i2sr_only_above_the_threshold(tmp_path, hipas):
+    from hipas_core.i2sr import I2SRConfig, I2SRNet, save_model
+
+    spacing = (2.5, 0.7, 0.7)
+    source = tmp_path / "case.nii.gz"
+    write_image(source, ct_from_labels(tube_labels((16, 30, 30), spacing, seed=4), spacing))
+    model = tmp_path / "i2sr.pt"
+    save_model(I2SRNet(I2SRConfig(channels=4)), model)
+    for threshold, method in (("2.0", "i2sr"), ("3.0", "linear")):
+        out = tmp_path / threshold / "case_std.nii.gz"
+        result = hipas("normalize", "-i", source, "-o", out, "--i2sr-model", model,
+                       "--i2sr-threshold-mm", threshold)
+        assert result.returncode == 0, result.stderr
+        sidecar = json.loads(out.with_name("case_std.json").read_text())
+        assert sidecar["z_method"] == method and sidecar["hipas_parameters"]["i2sr_threshold_mm"] == float(threshold)
+
 def test_phantom_labels_round_trip_and_extent():
     phantom_module = pytest.importorskip("hipas_core.phantom")
     spec = phantom_module.PhantomSpec.from_seed(3, size="small", protocol="ncct", slice_thickness_mm=3.0)
