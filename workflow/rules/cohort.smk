@@ -4,7 +4,7 @@
 rule cohort_table:
     input:
         rows=expand("results/scans/{scan}/morphometry.parquet", scan=SCANS),
-        records=expand("results/scans/{scan}/sr.json", scan=SCANS),
+        records=expand("results/scans/{scan}/std.json", scan=SCANS),
         manifests=[entry["manifest"] for entry in config["sites"].values()],
     output:
         table="results/cohort/metrics.parquet",
