@@ -132,11 +132,16 @@ def batch_images(wildcards):
     return [f"results/scans/{scan}/std.nii.gz" for scan in BATCHES[(wildcards.site, wildcards.chunk)]]
 
 
+def batch_records(wildcards):
+    return [f"results/scans/{scan}/std.json" for scan in BATCHES[(wildcards.site, wildcards.chunk)]]
+
+
 def batch_table(wildcards, output):
-    """The `hipas segment --batch` table: input, output, record, scan_id (one line per scan)."""
+    """The `hipas segment --batch` table: input, output, record, scan_id (one line per scan).
+    With the normalization record the labels are delivered in the scan's own grid."""
     lines = ["input\toutput\trecord\tscan_id"]
     for scan in BATCHES[(wildcards.site, wildcards.chunk)]:
-        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\t\t{scan}")
+        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\tresults/scans/{scan}/std.json\t{scan}")
     return "\n".join(lines) + "\n"
 
 
