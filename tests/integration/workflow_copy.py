@@ -35,10 +35,12 @@ def tiny_sts_model(path: Path) -> Path:
 
 
 def make_working_copy(root: Path, *, sts_model: Path | None = None) -> Path:
-    """Snakefile, workflow/ and config/ copied to ``root``; models/ linked. Returns ``root``."""
+    """Snakefile, workflow/ (+ the profiles link) and config/ copied to ``root``; models/ linked.
+    Returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     shutil.copytree(REPO / "workflow", root / "workflow")
+    (root / "profiles").symlink_to("workflow/profiles")  # as in the repo: the workflow profile
     shutil.copytree(REPO / "config", root / "config")
     (root / "models").mkdir()
     for model in (REPO / "models").glob("*.pt"):
