@@ -1,6 +1,6 @@
 """``hipas segment``: STS artery/vein labels of a CT, in the input's own grid.
 
-    hipas segment -i CT -o LABELS.nii.gz [--model M] [--device cpu|cuda] [--probabilities P.nii.gz]
+    hipas segment -i CT -o LABELS.nii.gz [--model M] [--device auto|cpu|cuda] [--probabilities P.nii.gz]
                   [--record NORM.json] [--scan-id ID] [--exclude-invalid]
     hipas segment --batch SCANS.tsv [--model M] [--device cuda] [--exclude-invalid]
 
@@ -27,7 +27,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="label map (.nii.gz): 0 background, 1 artery, 2 vein")
     parser.add_argument("--batch", help="TSV of scans: input, output, [record], [scan_id]")
     parser.add_argument("--model", help="STS checkpoint (default: $HIPAS_MODEL or models/sts-demo.pt)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu or cuda (default auto)")
     parser.add_argument("--probabilities", help="also write artery/vein probabilities (2-component float image)")
     parser.add_argument("--record", help="normalization record (hipas normalize's OUT.json): the input is already normalized")
     parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="sliding window (default: the model's)")

@@ -33,10 +33,14 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--betas", type=float, nargs=2, default=(0.99, 0.999))
     parser.add_argument("--mode", choices=("joint", "stagewise"), default="joint")
+    parser.add_argument("--stage-steps", type=int, nargs="+", metavar="N",
+                        help="stagewise: optimizer steps per stage (must sum to --steps; default: even split)")
     parser.add_argument("--no-warm-start", action="store_true",
                         help="stagewise: start each stage from scratch (default: from the previous stage's weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level-weight-cap", type=float, help="clip w^i of eq. 15 at this value (default: exact)")
+    parser.add_argument("--bce-weight", type=float, default=0.0,
+                        help="cascade: add this weight x voxel-wise cross-entropy to eq. 17 (default 0: paper loss)")
     parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=(0.7, 1.5), help="vesselness scales (mm)")
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=50)
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         kind="baseline" if args.baseline else "cascade", model_config=model_config, patch=tuple(args.patch),
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, betas=tuple(args.betas), mode=args.mode,
-        warm_start=not args.no_warm_start, seed=args.seed, level_weight_cap=args.level_weight_cap, val_every=args.val_every,
+        warm_start=not args.no_warm_start, stage_steps=tuple(args.stage_steps) if args.stage_steps else None, seed=args.seed, level_weight_cap=args.level_weight_cap, bce_weight=args.bce_weight, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=args.device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
     )

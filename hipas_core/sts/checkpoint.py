@@ -64,12 +64,24 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
 
 
 def export_for_inference(
-    source: str | os.PathLike, destination: str | os.PathLike, *, thresholds: tuple[float, float] | None = None
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    thresholds: tuple[float, float] | None = None,
+    window: tuple[int, int, int] | None = None,
+    overlap: float | None = None,
 ) -> None:
     """Copy a training checkpoint without optimizer and RNG state (weights as float32),
-    optionally with per-class thresholds (artery, vein) chosen on validation data."""
+    optionally with per-class thresholds (artery, vein) chosen on validation data and a new
+    inference window (z, y, x) / overlap."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
+    inference = dict(payload.get("inference", {}))
     if thresholds is not None:
-        payload["inference"] = {**payload.get("inference", {}), "thresholds": [float(t) for t in thresholds]}
+        inference["thresholds"] = [float(t) for t in thresholds]
+    if window is not None:
+        inference["window"] = [int(w) for w in window]
+    if overlap is not None:
+        inference["overlap"] = float(overlap)
+    payload["inference"] = inference
     save_checkpoint(destination, payload)

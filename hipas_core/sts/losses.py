@@ -76,15 +76,21 @@ def sts_stage_loss(
     weights: torch.Tensor,
     *,
     max_level: int,
+    bce_weight: float = 0.0,
 ) -> torch.Tensor:
     """Eq. 17 for one stage: level-weighted Dice of artery and of vein plus overlap-cross.
 
     ``logits`` (B, 2, Z, Y, X); ``target`` (B, 2, Z, Y, X) artery/vein of levels <= max_level;
-    ``territory`` (B, Z, Y, X); ``weights`` (B, 2, 4) per tree.
+    ``territory`` (B, Z, Y, X); ``weights`` (B, 2, 4) per tree. ``bce_weight`` > 0 adds voxel-wise
+    binary cross-entropy (not in the paper; 0 = eq. 17 exactly): on a tiny CPU budget the Dice
+    terms alone let a stage flood one class with saturated probabilities (zero gradient), which
+    the cross-entropy prevents.
     """
     prob = torch.sigmoid(logits.float())
     target = target.float()
     loss = overlap_cross_loss(prob, target)
+    if bce_weight:
+        loss = loss + bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
     for tree in range(2):
         loss = loss + level_weighted_dice_loss(
             prob[:, tree], target[:, tree], territory, weights[:, tree], max_level=max_level

@@ -60,6 +60,20 @@ def calibrate_thresholds(predictor: Predictor, cases, *, grid=THRESHOLD_GRID) ->
     return tuple(float(round(grid[int(np.argmax(dice[tree]))], 3)) for tree in range(2))
 
 
+def fitted_window(window: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The sliding window shrunk, per axis, to the volume ``shape`` rounded up to a multiple of
+    ``SIZE_MULTIPLE``: a crop smaller than the window is run in one pass without computing on
+    padding (on a CPU the per-window overhead dominates, so few large windows are fastest)."""
+    return tuple(min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE) for w, s in zip(window, shape, strict=True))
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when CUDA is available, else ``"cpu"``; other names unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def exclusive_labels(probabilities: np.ndarray, thresholds=(0.5, 0.5)) -> np.ndarray:
     """(2, ...) artery/vein probabilities -> uint8 labels (0 bg, 1 artery, 2 vein), exclusive."""
     artery = probabilities[0] > thresholds[0]
@@ -85,7 +99,8 @@ class Predictor:
     """Loads a checkpoint once; ``segment(ct_image)`` / ``segment_file(path)`` per scan.
 
     ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
-    ``device`` "cpu" or "cuda"; ``batch_size`` windows per forward pass.
+    ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
+    pass. A crop smaller than the window is run as one window of its own size (``fitted_window``).
     """
 
     def __init__(
@@ -100,6 +115,7 @@ class Predictor:
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         payload = load_checkpoint(self.model_path)
+        device = resolve_device(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidInputError(f"--device {device}: CUDA is not available on this machine")
         self.device = torch.device(device)
@@ -163,9 +179,10 @@ class Predictor:
         return prior.cpu().numpy()
 
     def _slide(self, fn, volume: torch.Tensor) -> torch.Tensor:
+        window = fitted_window(self.window, tuple(volume.shape[1:]))
         with self._autocast():
             return sliding_window_predict(
-                fn, volume, window=self.window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
+                fn, volume, window=window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
             )
 
     # ---- images ------------------------------------------------------------------------

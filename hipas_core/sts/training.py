@@ -40,9 +40,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.99, 0.999)
     mode: str = "joint"  # or "stagewise" (cascade only)
     warm_start: bool = True  # stagewise: stage s starts from stage s-1's weights
+    stage_steps: tuple[int, ...] | None = None  # stagewise: steps per stage (default: steps split evenly)
     seed: int = 0
     vessel_probability: float = 0.7
     level_weight_cap: float | None = None  # None: eq. 15 exactly
+    bce_weight: float = 0.0  # cascade: weight of an added cross-entropy term (0: eq. 17 exactly)
     augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
     val_every: int = 50
     val_patches: int = 4
@@ -97,7 +99,7 @@ def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stag
     for stage in stages:
         loss = loss + sts_stage_loss(
             outputs[stage], _stage_targets(batch["labels"], batch["levels"], stage),
-            _territory(batch["territory"], stage), batch["weights"], max_level=stage,
+            _territory(batch["territory"], stage), batch["weights"], max_level=stage, bce_weight=config.bce_weight,
         )
     return loss
 
@@ -178,6 +180,12 @@ def train(
 
     stage_count = len(model.stages) if config.kind == "cascade" else 1
     per_stage = math.ceil(config.steps / stage_count)
+    if config.kind == "cascade" and config.mode == "stagewise" and config.stage_steps:
+        if len(config.stage_steps) != stage_count or sum(config.stage_steps) != config.steps:
+            raise ValueError(f"stage_steps {tuple(config.stage_steps)} must give {stage_count} counts summing to steps")
+        stage_ends = np.cumsum(config.stage_steps)
+    else:
+        stage_ends = np.array([per_stage * (i + 1) for i in range(stage_count)])
 
     def payload(final: bool) -> dict:
         inference_window = config.inference_window or config.patch
@@ -213,7 +221,7 @@ def train(
             break
         stages = None
         if config.kind == "cascade" and config.mode == "stagewise":
-            current = min(step // per_stage, stage_count - 1)
+            current = min(int(np.searchsorted(stage_ends, step, side="right")), stage_count - 1)
             stages = [current]
             # stages reached for the first time start from their predecessor (in order, so a
             # schedule that jumps over a stage still hands the trained weights on)
@@ -243,6 +251,13 @@ def train(
         if step % config.checkpoint_every == 0:
             save_checkpoint(output, payload(final=False))
     bar.close()
+    if stopped_early and config.kind == "cascade" and config.mode == "stagewise" and config.warm_start:
+        # a run stopped before the last stage still ends with a usable cascade: stages never
+        # reached carry their predecessor's weights, as warm start would have given them
+        for later in range(1, stage_count):
+            if later not in warm_started:
+                model.stages[later].load_state_dict(model.stages[later - 1].state_dict())
+                warm_started.append(later)
     if stopped_early and (not history or "val_dice_artery" not in history[-1]):
         val = validation_dice(model, val_batches, config)
         if history:

@@ -194,3 +194,22 @@ def test_sliding_window_pads_small_volumes():
     with torch.no_grad():
         slid = sliding_window_predict(conv, volume, window=(16, 16, 16))
         assert torch.allclose(slid, conv(volume[None])[0], atol=1e-5)
+
+
+def test_optional_cross_entropy_penalises_a_flooded_class():
+    from hipas_core.sts.losses import sts_stage_loss
+
+    target = torch.zeros(1, 2, 4, 8, 8)
+    target[:, 0, 1:3, 3:5, 3:5] = 1
+    target[:, 1, 1:3, 5:7, 5:7] = 1
+    territory = torch.zeros(1, 4, 8, 8, dtype=torch.long)
+    weights = torch.ones(1, 2, 4)
+    exact = torch.where(target > 0, 8.0, -8.0)
+    flooded = exact.clone()
+    flooded[:, 1] = 8.0
+    args = dict(territory=territory, weights=weights, max_level=0)
+    assert sts_stage_loss(exact, target, bce_weight=0.0, **args) == sts_stage_loss(exact, target, **args)
+    gap_without = sts_stage_loss(flooded, target, **args) - sts_stage_loss(exact, target, **args)
+    gap_with = (sts_stage_loss(flooded, target, bce_weight=1.0, **args)
+                - sts_stage_loss(exact, target, bce_weight=1.0, **args))
+    assert gap_with > gap_without + 1.0

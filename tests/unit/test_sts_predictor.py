@@ -113,3 +113,33 @@ def test_segment_cli_rejects_missing_model(tmp_path, hipas):
     result = hipas("segment", "-i", tmp_path / "x.nii.gz", "-o", tmp_path / "y.nii.gz", "--model", tmp_path / "none.pt")
     assert result.returncode == 2
     assert "none.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fitted_window_shrinks_to_the_crop_rounded_to_the_size_multiple():
+    from hipas_core.sts.predictor import fitted_window
+
+    assert fitted_window((160, 192, 224), (140, 146, 204)) == (144, 160, 208)
+    assert fitted_window((64, 128, 128), (140, 146, 204)) == (64, 128, 128)
+    assert fitted_window((64, 128, 128), (16, 17, 1)) == (16, 32, 16)
+
+
+def test_device_auto_resolves_to_an_available_device():
+    from hipas_core.sts.predictor import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_export_for_inference_sets_window_thresholds_and_drops_training_state(tiny_model, tmp_path):
+    from hipas_core.sts.checkpoint import export_for_inference, load_checkpoint
+
+    out = tmp_path / "exported.pt"
+    export_for_inference(tiny_model, out, thresholds=(0.4, 0.55), window=(32, 48, 48), overlap=0.1)
+    payload = load_checkpoint(out)
+    assert payload["inference"]["window"] == [32, 48, 48]
+    assert payload["inference"]["overlap"] == 0.1
+    assert payload["inference"]["thresholds"] == [0.4, 0.55]
+    assert payload["inference"]["vesselness_sigmas_mm"] == [1.0]
+    assert "optimizer" not in payload and "rng" not in payload
+    predictor = Predictor(out, device="auto")
+    assert predictor.window == (32, 48, 48) and predictor.thresholds == (0.4, 0.55)
