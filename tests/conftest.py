@@ -23,6 +23,7 @@ def run_hipas(*args: str, check: bool = False, **kwargs) -> subprocess.Completed
     return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hipas():
+    """``run_hipas`` as a fixture (session-scoped, so module-scoped fixtures can use it too)."""
     return run_hipas

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_hipas
 
 from analysis.cohort import REQUIRED_COLUMNS, load_cohort, validate_cohort
 from analysis.report import write_figure4
@@ -37,12 +36,12 @@ def small_cohort_csv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def figure4_run(tmp_path_factory):
+def figure4_run(tmp_path_factory, hipas):
     """synth-cohort then figure4 through the console script (as a user runs them)."""
     root = tmp_path_factory.mktemp("figure4")
     cohort = root / "cohort.parquet"
-    run_hipas("synth-cohort", "--n", "1500", "--seed", "3", "--missing-rate", "0.01", "--out", cohort, check=True)
-    run_hipas("figure4", "--cohort", cohort, "--out", root / "out", check=True)
+    hipas("synth-cohort", "--n", "1500", "--seed", "3", "--missing-rate", "0.01", "--out", cohort, check=True)
+    hipas("figure4", "--cohort", cohort, "--out", root / "out", check=True)
     return cohort, root / "out"
 
 
@@ -97,10 +96,10 @@ def test_unreadable_cohort_file_gives_one_line_and_exit_2(tmp_path, capsys, cont
     assert len(lines) == 1 and str(path) in lines[0], lines
 
 
-def test_console_script_exit_status_and_single_line(small_cohort_csv, tmp_path):
+def test_console_script_exit_status_and_single_line(small_cohort_csv, tmp_path, hipas):
     """The same check through the installed console script in a subprocess, once."""
     path = _broken(small_cohort_csv, tmp_path, _set("sex", 0, "male"))
-    result = run_hipas("figure4", "--cohort", path, "--out", tmp_path / "out")
+    result = hipas("figure4", "--cohort", path, "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip() == f"hipas figure4: error: {path}: row 1, column sex: 'male' is not one of M/F"
 
@@ -137,10 +136,10 @@ def test_synth_cohort_writes_every_column_and_the_truth(figure4_run):
     assert site_sizes["Harbin"] == round(1500 * 5740 / 11784) and (cohort.loc[cohort["site"] == "Mudanjiang", "protocol"] == "NCCT").all()
 
 
-def test_synth_cohort_csv_round_trips_and_is_deterministic(tmp_path):
+def test_synth_cohort_csv_round_trips_and_is_deterministic(tmp_path, hipas):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     for path in (a, b):
-        run_hipas("synth-cohort", "--n", "300", "--seed", "9", "--model", "alternative", "--out", path, check=True)
+        hipas("synth-cohort", "--n", "300", "--seed", "9", "--model", "alternative", "--out", path, check=True)
     assert a.read_bytes() == b.read_bytes() and a.with_suffix(".json").read_bytes() == b.with_suffix(".json").read_bytes()
     cohort = load_cohort(a)
     assert cohort["scan_id"].str.match(r"^[A-Z]{3}-\d{5}$").all()
