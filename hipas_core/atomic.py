@@ -62,6 +62,15 @@ def write_image(destination: str | os.PathLike, image) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=str(destination).endswith(".gz"))
 
 
+def write_image_and_sidecar(image_path: str | os.PathLike, image, sidecar_path: str | os.PathLike,
+                            record: Any) -> None:
+    """Write an image and its JSON sidecar so that both appear together: each is staged under a
+    temporary name and both are renamed into place only after both were written."""
+    with atomic_path(image_path) as staged_image, atomic_path(sidecar_path) as staged_sidecar:
+        write_image(staged_image, image)
+        write_json(staged_sidecar, record)
+
+
 def write_parquet(destination: str | os.PathLike, frame, metadata: Mapping[str, Any] | None = None) -> None:
     """Write a pandas DataFrame as Parquet atomically, with ``metadata`` as key-value metadata.
 

@@ -224,25 +224,20 @@ def branches(
                 break
         return chain
 
-    for start in np.flatnonzero(is_node):
-        for nxt in indices[indptr[start] : indptr[start + 1]]:
-            key = (min(start, nxt), max(start, nxt))
-            if key in visited_edge:
-                continue
-            chain = walk(int(start), int(nxt))
-            for u, v in zip(chain[:-1], chain[1:], strict=False):
-                visited_edge.add((min(u, v), max(u, v)))
-            chains.append(chain)
-    # loops made only of degree-2 vertices
-    for start in np.flatnonzero(~is_node):
-        nxt = indices[indptr[start]]
-        key = (min(start, nxt), max(start, nxt))
-        if key in visited_edge:
-            continue
+    def follow(start, nxt) -> None:
+        if (min(start, nxt), max(start, nxt)) in visited_edge:
+            return
         chain = walk(int(start), int(nxt))
         for u, v in zip(chain[:-1], chain[1:], strict=False):
             visited_edge.add((min(u, v), max(u, v)))
         chains.append(chain)
+
+    for start in np.flatnonzero(is_node):
+        for nxt in indices[indptr[start] : indptr[start + 1]]:
+            follow(start, nxt)
+    # loops made only of degree-2 vertices
+    for start in np.flatnonzero(~is_node):
+        follow(start, indices[indptr[start]])
 
     result = []
     for chain in chains:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         import numpy as np
         import SimpleITK as sitk
 
-        from hipas_core.atomic import atomic_path, write_image, write_json
+        from hipas_core.atomic import write_image_and_sidecar
         from hipas_core.io import read_ct
         from hipas_core.normalize import normalize_ct, slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
@@ -67,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
                   "i2sr_threshold_mm": args.i2sr_threshold_mm}
         if args.i2sr_model:
             params["i2sr_model_sha256"] = file_sha256(args.i2sr_model)
-        # both files appear together: each is staged under a temporary name, renamed at the end
-        with atomic_path(args.output) as staged_image, atomic_path(sidecar) as staged_sidecar:
-            write_image(staged_image, out)
-            write_json(staged_sidecar, {**record.to_dict(), "scan_id": scan_id, "dtype": "int16", **provenance(**params)})
+        write_image_and_sidecar(args.output, out, sidecar, {**record.to_dict(), "scan_id": scan_id, "dtype": "int16", **provenance(**params)})
 
     scan_id = args.scan_id or default_scan_id(args.input)
     return run_scan_stage(

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         import numpy as np
         import SimpleITK as sitk
 
-        from hipas_core.atomic import atomic_path, write_image, write_json
+        from hipas_core.atomic import write_image_and_sidecar
         from hipas_core.errors import InvalidInputError
         from hipas_core.io import read_ct
         from hipas_core.normalize import slice_thickness_mm
@@ -81,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
         out.CopyInformation(result)
         record.update(output_spacing=list(out.GetSpacing()[::-1]), output_size=list(out.GetSize()[::-1]),
                       dtype="int16" if whole else "float32")
-        # both files appear together: each is staged under a temporary name, renamed at the end
-        with atomic_path(args.output) as staged_image, atomic_path(sidecar) as staged_sidecar:
-            write_image(staged_image, out)
-            write_json(staged_sidecar, {**record, **provenance(**params)})
+        write_image_and_sidecar(args.output, out, sidecar, {**record, **provenance(**params)})
 
     return run_scan_stage(
         stage="super-resolve",
