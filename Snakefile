@@ -5,7 +5,7 @@
 #   snakemake --profile slurm                  # on a SLURM cluster (make slurm-profile)
 #
 # Per scan: [demo_phantom] -> normalize (I2SR inside for thick slices) -> segment (GPU, batched per site)
-#           -> lungs -> morphometry, qc_figure.
+#           -> lungs -> morphometry (+ QC picture).
 # Per cohort: cohort_table (+ exclusions.csv) -> figure4, and the report.
 
 from snakemake.utils import min_version, validate

@@ -93,3 +93,26 @@ def render_qc_png(ct, labels, path: str | os.PathLike, *, title: str | None = No
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def render_exclusion_png(exclusion, path: str | os.PathLike, *, dpi: int = 100) -> None:
+    """Write a QC picture for an excluded scan: its id, the stage that excluded it and the reason.
+
+    ``exclusion`` is a ``hipas_core.exclusion.Exclusion``. Same size as ``render_qc_png``'s
+    picture at the same ``dpi``; deterministic.
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hipas_core.atomic import atomic_path
+
+    fig = plt.figure(figsize=(16, 4.6), dpi=dpi)
+    fig.text(0.5, 0.62, f"{exclusion.scan_id}: excluded at stage {exclusion.stage}", ha="center", fontsize=16)
+    fig.text(0.5, 0.42, "\n".join(textwrap.wrap(exclusion.reason, 140)), ha="center", va="top", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)

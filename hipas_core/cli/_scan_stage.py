@@ -34,12 +34,15 @@ def run_scan_stage(
     outputs: Sequence[str | Path | None],
     exclude_invalid: bool,
     work: Callable[[], None],
+    write_exclusion: Callable[[Path, Exclusion], None] = write_marker,
 ) -> int:
     """Run ``work`` for one scan, honouring exclusion markers.
 
     An input that is an exclusion marker is propagated (with ``exclude_invalid``) or reported as
     an ``InvalidScanError``. An ``InvalidScanError`` from ``work`` becomes markers on every output
     with ``exclude_invalid``; otherwise it propagates (the CLI prints it and exits 2).
+    ``write_exclusion`` writes one output of an excluded scan (default: a JSON marker; an end
+    product nobody reads downstream, such as the QC picture, may show the reason instead).
     """
     targets = [Path(o) for o in outputs if o is not None]
     for path in inputs:
@@ -49,7 +52,7 @@ def run_scan_stage(
         if not exclude_invalid:
             raise InvalidScanError(f"{path}: scan excluded at stage {upstream.stage}: {upstream.reason}")
         for target in targets:
-            write_marker(target, upstream)
+            write_exclusion(target, upstream)
         return 0
     try:
         work()
@@ -58,5 +61,5 @@ def run_scan_stage(
             raise
         reason = " ".join(str(error).split())
         for target in targets:
-            write_marker(target, Exclusion(scan_id=scan_id, stage=stage, reason=reason))
+            write_exclusion(target, Exclusion(scan_id=scan_id, stage=stage, reason=reason))
     return 0

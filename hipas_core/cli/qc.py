@@ -1,4 +1,9 @@
-"""``hipas qc``: the per-scan QC picture (orthogonal slices with labels, projection of the trees)."""
+"""``hipas qc``: the per-scan QC picture (orthogonal slices with labels, projection of the trees).
+
+With ``--exclude-invalid`` an excluded scan gets a picture that states the stage and the reason
+(not a JSON marker): the QC picture is an end product, browsed by people and shown in the
+report, and nothing downstream reads it.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,12 @@ def _read(path: str):
         raise InvalidScanError(f"{path}: cannot read image ({reason})") from None
 
 
+def _exclusion_picture(path, exclusion) -> None:
+    from hipas_core.qc import render_exclusion_png
+
+    render_exclusion_png(exclusion, path)
+
+
 def run(args: argparse.Namespace) -> int:
     scan_id = args.scan_id or default_scan_id(args.input)
 
@@ -49,4 +60,5 @@ def run(args: argparse.Namespace) -> int:
         render_qc_png(ct, sitk.Cast(labels, sitk.sitkUInt8), args.output, title=args.title or scan_id)
 
     return run_scan_stage(stage="qc", scan_id=scan_id, inputs=[args.input, args.labels], outputs=[args.output],
-                          exclude_invalid=args.exclude_invalid, work=work)
+                          exclude_invalid=args.exclude_invalid, work=work,
+                          write_exclusion=_exclusion_picture)

@@ -171,7 +171,8 @@ def test_unreadable_scan_is_excluded_and_the_cohort_completes(copy, killed_and_r
     assert (cohort["lung_volume_l"] * 1000 == cohort["lung_volume_ml"]).all()
     for panel in ("fig4a_sex", "fig4b_age", "fig4c_lung_volume", "fig4d_diseases", "fig4ef_regression"):
         assert (copy / f"results/figure4/{panel}.png").stat().st_size > 0
-    assert (copy / "results/qc/harbin_001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for scan in ("harbin_001", "broken_001"):  # the excluded scan's picture states the reason
+        assert (copy / f"results/qc/{scan}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (copy / "results/scans/harbin_001/std.nii.gz").exists()  # temp() images are removed
 
 
@@ -181,7 +182,7 @@ def test_adding_a_site_plans_only_its_scans_and_the_cohort_steps(copy, killed_an
                         "broken": {"manifest": "data/broken/broken.tsv"},
                         "mudanjiang": {"manifest": str(new.relative_to(copy)), "phantom": True}})
     counts = job_counts(snakemake(copy, "-n").stdout)
-    per_scan = {"demo_phantom", "normalize", "lungs", "morphometry", "qc_figure"}
+    per_scan = {"demo_phantom", "normalize", "lungs", "morphometry"}
     assert {rule: counts.get(rule) for rule in per_scan} == dict.fromkeys(per_scan, 2)
     assert counts["segment"] == 1 and counts["cohort_table"] == 1 and counts["figure4"] == 1
-    assert counts["total"] == 10 + 1 + 3 + counts.get("qc_report_sample", 0)
+    assert counts["total"] == 2 * len(per_scan) + 1 + 3 + counts.get("qc_report_sample", 0)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import SimpleITK as sitk
 
-from hipas_core.qc import render_qc_png
+from hipas_core.exclusion import Exclusion, read_marker, write_marker
+from hipas_core.qc import render_exclusion_png, render_qc_png
 
 
 def _scan(tmp_path):
@@ -49,5 +48,21 @@ def test_hipas_qc_cli_and_exclusion(hipas, tmp_path):
     excluded = hipas("qc", "-i", tmp_path / "nope.nii.gz", "--labels", tmp_path / "labels.nii.gz", "-o",
                      tmp_path / "x.png", "--scan-id", "s2", "--exclude-invalid")
     assert excluded.returncode == 0
-    marker = json.loads((tmp_path / "x.png").read_text())
-    assert marker["hipas_exclusion"]["scan_id"] == "s2" and marker["hipas_exclusion"]["stage"] == "qc"
+    assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a picture naming the reason
+    marker = tmp_path / "labels_marker.nii.gz"
+    write_marker(marker, Exclusion(scan_id="s3", stage="segment", reason="no lungs found"))
+    upstream = hipas("qc", "-i", tmp_path / "ct.nii.gz", "--labels", marker, "-o", tmp_path / "y.png",
+                     "--scan-id", "s3", "--exclude-invalid")
+    assert upstream.returncode == 0
+    assert (tmp_path / "y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_marker(tmp_path / "y.png") is None
+
+
+def test_render_exclusion_png_is_deterministic(tmp_path):
+    exclusion = Exclusion(scan_id="s9", stage="normalize", reason="x.nii.gz: slices missing " * 20)
+    render_exclusion_png(exclusion, tmp_path / "a.png")
+    render_exclusion_png(exclusion, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(tmp_path / "a.png").shape[:2] == (460, 1600)
