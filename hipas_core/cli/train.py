@@ -40,7 +40,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level-weight-cap", type=float, help="clip w^i of eq. 15 at this value (default: exact)")
     parser.add_argument("--bce-weight", type=float, default=0.0,
-                        help="cascade: add this weight x voxel-wise cross-entropy to eq. 17 (default 0: paper loss)")
+                        help="add this weight x voxel-wise cross-entropy to eq. 17 (cascade) or to the plain Dice (baseline) (default 0: the paper's losses)")
     parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=(0.7, 1.5), help="vesselness scales (mm)")
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=50)

@@ -6,7 +6,8 @@ stages (``mode="joint"``), or one stage at a time with the earlier stages frozen
 (``mode="stagewise"``: the steps are split evenly over the stages; with ``warm_start`` stage s
 starts from stage s-1's weights, which on a small compute budget gets the last stage far
 further than training it from scratch). The baseline is trained with
-plain Dice on the whole trees. Adam (paper: lr 1e-4, betas (0.99, 0.999)); AMP (bf16, or fp16
+plain Dice on the whole trees (plus ``bce_weight`` x cross-entropy when set, the same term the
+cascade gets). Adam (paper: lr 1e-4, betas (0.99, 0.999)); AMP (bf16, or fp16
 with loss scaling) on CUDA. A checkpoint (model + training config + data + versions + optimizer
 + RNG state) is written every ``checkpoint_every`` steps and at the end; ``resume=True`` continues
 from it. For a fixed seed, data and number of steps the run is deterministic on the CPU.
@@ -92,7 +93,14 @@ def make_batch(cases: Sequence[TrainingCase], config: TrainConfig, rng: np.rando
 def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stages: Sequence[int] | None = None) -> torch.Tensor:
     """The training loss of one batch (already on the model's device)."""
     if config.kind == "baseline":
-        return dice_loss(model(batch["image"]), _stage_targets(batch["labels"], batch["levels"], 3))
+        logits = model(batch["image"])
+        target = _stage_targets(batch["labels"], batch["levels"], 3)
+        loss = dice_loss(logits, target)
+        if config.bce_weight:  # the same added term as the cascade's, for a like-for-like comparison
+            loss = loss + config.bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+                logits.float(), target
+            )
+        return loss
     outputs = model(batch["image"], last_stage=None if stages is None else max(stages))
     stages = range(len(outputs)) if stages is None else stages
     loss = batch["image"].new_zeros(())
@@ -167,6 +175,8 @@ def train(
         model.load_state_dict(state["state_dict"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # a resumed run may lower the learning rate
+                group["lr"], group["betas"] = config.lr, tuple(config.betas)
         step, history = int(state.get("step", 0)), list(state.get("history", []))
         elapsed_before = float(state.get("train_seconds", 0.0))
         warm_started = list(state.get("warm_started", []))

@@ -123,3 +123,31 @@ def test_train_is_deterministic_and_resume_continues_exactly(tmp_path):
     c = load_checkpoint(resumed)
     assert c["step"] == 4
     assert all(torch.allclose(a["state_dict"][k], c["state_dict"][k], atol=1e-6) for k in a["state_dict"])
+
+
+def test_resume_takes_the_new_learning_rate(tmp_path):
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=1, lr=1e-3, seed=0,
+                         val_every=1, val_patches=1, checkpoint_every=1)
+    out = tmp_path / "run.pt"
+    train(config, [tiny_case()], output=out, progress=False)
+    lower = TrainConfig(**{**config.to_dict(), "steps": 2, "lr": 2e-4, "betas": (0.95, 0.999)})
+    train(lower, [tiny_case()], output=out, resume=True, progress=False)
+    group = load_checkpoint(out)["optimizer"]["param_groups"][0]
+    assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.95, 0.999)
+
+
+def test_baseline_cross_entropy_term_is_added():
+    torch.manual_seed(0)
+    model_config = {"widths": (4, 8, 8, 8, 8)}
+    model = build_model("baseline", model_config)
+    plain = TrainConfig(kind="baseline", model_config=model_config, patch=(16, 32, 32))
+    batch = make_batch([tiny_case()], plain, np.random.default_rng(0), augment=False)
+    with torch.no_grad():
+        dice_only = batch_loss(model, batch, plain)
+        with_bce = batch_loss(model, batch, TrainConfig(**{**plain.to_dict(), "bce_weight": 1.0}))
+        logits = model(batch["image"])
+    target = torch.zeros_like(logits)
+    target[:, 0] = batch["labels"] == 1
+    target[:, 1] = batch["labels"] == 2
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(with_bce - dice_only, expected, atol=1e-5)
