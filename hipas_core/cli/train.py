@@ -49,6 +49,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--encoder-init", metavar="CKPT", help="start every stage's encoder from a `hipas pretrain` checkpoint")
+    parser.add_argument("--no-freeze-encoder", action="store_true", help="with --encoder-init: train the encoder too (default: frozen)")
+    parser.add_argument("--synthetic-ncct", type=float, default=0.0, metavar="P",
+                        help="probability of replacing a CTPA training patch's case by its synthetic non-contrast copy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         if any(s % SIZE_MULTIPLE for s in size):
             raise InvalidInputError(f"{name} {tuple(size)}: every side must be a multiple of {SIZE_MULTIPLE}")
     sigmas = tuple(args.vesselness_sigmas)
+    if args.encoder_init and args.baseline:
+        raise InvalidInputError(f"{args.encoder_init}: --encoder-init applies to the cascade, not to --baseline")
+    if not 0.0 <= args.synthetic_ncct <= 1.0:
+        raise InvalidInputError(f"--synthetic-ncct {args.synthetic_ncct}: a probability in [0, 1] is needed")
     if args.data:
         cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas)
         val_cases = []
@@ -92,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         warm_start=not args.no_warm_start, stage_steps=tuple(args.stage_steps) if args.stage_steps else None, seed=args.seed, level_weight_cap=args.level_weight_cap, bce_weight=args.bce_weight, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=args.device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
+        encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder,
+        augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct},
     )
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
                     resume=args.resume, progress=not args.no_progress)

@@ -12,6 +12,9 @@ thick-slice simulation (both channels averaged along z over 2-4 slices, as a thi
 interpolated back to 1 mm looks), and optional flips. Flips are off by default: left-right
 swaps the heart side and the two- and three-lobed lungs, superior-inferior and anterior-posterior
 put the heart where no heart is; each breaks the anatomy that tells arteries from veins.
+With ``synthetic_ncct_probability`` a CTPA case (``meta["protocol"] == "ctpa"``) is replaced,
+for that patch, by its synthetic non-contrast copy (``synthetic_ncct_case``: contrast-filled
+blood lowered to ~50 HU, vesselness recomputed), made once per case and kept in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class TrainingCase:
     territory: np.ndarray
     weights: np.ndarray
     meta: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict, repr=False, compare=False)  # in memory only (not saved)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -222,6 +226,22 @@ class Augmentation:
     noise_sd_max: float = 0.03
     thick_slice_probability: float = 0.25
     flip_axes: tuple[int, ...] = ()
+    synthetic_ncct_probability: float = 0.0  # CTPA cases only
+
+    def pick_case(
+        self, case: TrainingCase, rng: np.random.Generator, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM
+    ) -> TrainingCase:
+        """``case``, or with ``synthetic_ncct_probability`` its synthetic-NCCT copy when it is a
+        CTPA case. Draws from ``rng`` only when the probability is > 0 and the case is CTPA."""
+        if self.synthetic_ncct_probability <= 0 or case.meta.get("protocol") != "ctpa":
+            return case
+        if rng.random() >= self.synthetic_ncct_probability:
+            return case
+        variant = case.variants.get("synthetic_ncct")
+        if variant is None:
+            variant = synthetic_ncct_case(case, vesselness_sigmas_mm=vesselness_sigmas_mm)
+            case.variants["synthetic_ncct"] = variant
+        return variant
 
     def apply(self, image: np.ndarray, targets: list[np.ndarray], rng: np.random.Generator):
         """Augment a patch: ``image`` (2, z, y, x) float32, ``targets`` arrays (..., z, y, x)."""
@@ -241,6 +261,29 @@ class Augmentation:
                 image = np.flip(image, axis=1 + axis)
                 targets = [np.flip(t, axis=t.ndim - 3 + axis) for t in targets]
         return np.ascontiguousarray(image), [np.ascontiguousarray(t) for t in targets]
+
+
+def synthetic_ncct_case(
+    case: TrainingCase, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM, **options
+) -> TrainingCase:
+    """A copy of a CTPA ``case`` as synthetic non-contrast CT (``hipas_core.sts.synthetic_ncct``).
+
+    The stored CT channel is windowed; the window is inverted to HU (exact inside the window, and
+    the transform only lowers voxels that lie inside it to values inside it), the blood pool seeded
+    by the case's artery/vein labels is lowered to ~50 HU, the result windowed again and the
+    vesselness channel recomputed on it (same crop, same scales as ``prepare_case``). Labels,
+    levels, lungs, territories and weights are shared with ``case`` (not copied; read-only).
+    """
+    from hipas_core.sts.synthetic_ncct import synthetic_ncct_windowed
+    from hipas_core.vesselness import vesselness
+
+    ct_window = synthetic_ncct_windowed(case.image[0], labels=case.labels, spacing=STANDARD_SPACING, **options)
+    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
+    return TrainingCase(
+        name=f"{case.name}-sncct", image=np.stack([ct_window, enhanced]).astype(np.float16), labels=case.labels,
+        levels=case.levels, lungs=case.lungs, territory=case.territory, weights=case.weights,
+        meta={**case.meta, "protocol": "synthetic-ncct", "source_protocol": case.meta.get("protocol")},
+    )
 
 
 def sample_patch(

@@ -88,11 +88,14 @@ def exclusive_labels(probabilities: np.ndarray, thresholds=(0.5, 0.5)) -> np.nda
 
 @dataclass
 class Segmentation:
-    """Result of one scan: labels (and probabilities when asked) in the input grid."""
+    """Result of one scan: labels (and probabilities when asked) in the input grid, and the
+    labels in the standardized grid the network worked in (``standard_labels``: what morphometry
+    should measure; mapped to a thick-slice input grid, thin vessels are lost)."""
 
     labels: object  # SimpleITK uint8
     probabilities: object | None  # SimpleITK 2-component float32 vector image (artery, vein)
     timings: dict = field(default_factory=dict)
+    standard_labels: object | None = None  # SimpleITK uint8 on the standardized grid
 
 
 class Predictor:
@@ -190,7 +193,8 @@ class Predictor:
         """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
         normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
         the record maps the result back to the original grid. Returns labels (and optionally
-        probabilities) in the input grid. ``InvalidScanError`` when no lungs are found."""
+        probabilities) in the input grid, and the labels in the standardized grid.
+        ``InvalidScanError`` when no lungs are found."""
         import SimpleITK as sitk
 
         from hipas_core.lungs import lung_bounding_box
@@ -215,12 +219,15 @@ class Predictor:
         started = time.perf_counter()
         full_shape = sitk.GetArrayViewFromImage(standard).shape
         channels = []
+        standard_probs = np.zeros((2, *full_shape), dtype=np.float32)
+        standard_probs[(slice(None), *box)] = probs_crop
         for channel in range(2):
-            full = np.zeros(full_shape, dtype=np.float32)
-            full[box] = probs_crop[channel]
-            image = sitk.GetImageFromArray(full)
+            image = sitk.GetImageFromArray(standard_probs[channel])
             image.CopyInformation(standard)
             channels.append(to_input_grid(image, record, interpolation="linear"))
+        standard_labels = sitk.GetImageFromArray(exclusive_labels(standard_probs, self.thresholds))
+        standard_labels.CopyInformation(standard)
+        del standard_probs
         probs_input = np.stack([sitk.GetArrayFromImage(c) for c in channels])
         labels = sitk.GetImageFromArray(exclusive_labels(probs_input, self.thresholds))
         labels.CopyInformation(channels[0])
@@ -228,7 +235,7 @@ class Predictor:
         if probabilities:
             prob_image = sitk.Compose([sitk.Cast(c, sitk.sitkFloat32) for c in channels])
         timings["to_input_grid_s"] = time.perf_counter() - started
-        return Segmentation(labels=labels, probabilities=prob_image, timings=timings)
+        return Segmentation(labels=labels, probabilities=prob_image, timings=timings, standard_labels=standard_labels)
 
     def segment_file(self, path: str | os.PathLike, *, record_path: str | os.PathLike | None = None,
                      probabilities: bool = False) -> Segmentation:

@@ -56,6 +56,10 @@ class TrainConfig:
     inference_window: tuple[int, int, int] | None = None  # default: the patch
     inference_overlap: float = 0.25
     vesselness_sigmas_mm: tuple[float, ...] = (0.7, 1.5)
+    # --- MAE pre-training transfer (hipas_core.sts.pretrain) ---
+    encoder_init: str | None = None  # a `hipas pretrain` checkpoint copied into every stage's encoder
+    freeze_encoder: bool = True  # the paper: encoder fixed when transferred, only the decoder trained
+    # --- end MAE pre-training transfer ---
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +81,8 @@ def make_batch(cases: Sequence[TrainingCase], config: TrainConfig, rng: np.rando
     items = []
     for _ in range(config.batch_size):
         case = cases[int(rng.integers(len(cases)))]
+        if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
+            case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
         sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability)
         if augment:
             image, (labels, levels, territory) = augmentation.apply(
@@ -164,6 +170,12 @@ def train(
     rng = np.random.default_rng(config.seed)
     device = torch.device(config.device)
     model = build_model(config.kind, config.model_config).to(device)
+    # --- MAE pre-training transfer: before the optimizer and any resume state ---
+    if config.encoder_init:
+        from hipas_core.sts.pretrain import load_pretrained_encoder
+
+        load_pretrained_encoder(model, config.encoder_init, freeze=config.freeze_encoder)
+    # --- end MAE pre-training transfer ---
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -243,6 +255,10 @@ def train(
                 stage_net.requires_grad_(index == current)
             for index, transmission in enumerate(model.transmissions):
                 transmission.requires_grad_(index + 1 == current)
+            if config.encoder_init and config.freeze_encoder:  # MAE transfer: keep encoders frozen
+                from hipas_core.sts.pretrain import refreeze_encoders
+
+                refreeze_encoders(model)
         batch = {k: v.to(device) for k, v in make_batch(cases, config, rng).items()}
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):

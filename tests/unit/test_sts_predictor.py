@@ -9,6 +9,7 @@ import torch
 
 from hipas_core.atomic import write_image
 from hipas_core.exclusion import read_marker
+from hipas_core.grid import STANDARD_SPACING
 from hipas_core.sts.cascade import CascadeConfig
 from hipas_core.sts.checkpoint import build_model, save_checkpoint
 from hipas_core.sts.network import StageConfig
@@ -76,9 +77,16 @@ def test_predictor_with_record_maps_back_to_original_grid(tiny_model):
     standard, record = normalize_ct(image)
     predictor = Predictor(tiny_model)
     direct = predictor.segment(image).labels
-    via_record = predictor.segment(standard, record=record).labels
+    result = predictor.segment(standard, record=record)
+    via_record = result.labels
     assert via_record.GetSize() == image.GetSize()
     assert np.array_equal(sitk.GetArrayViewFromImage(direct), sitk.GetArrayViewFromImage(via_record))
+    # the standardized-grid labels lie on the normalized CT's grid and map to the input-grid ones
+    std_labels = result.standard_labels
+    assert std_labels.GetSize() == standard.GetSize() and std_labels.GetPixelID() == sitk.sitkUInt8
+    assert np.allclose(std_labels.GetOrigin(), standard.GetOrigin())
+    assert set(np.unique(sitk.GetArrayViewFromImage(std_labels))) <= {0, 1, 2}
+    assert (sitk.GetArrayViewFromImage(std_labels) > 0).sum() > 0
 
 
 @pytest.mark.slow
@@ -94,15 +102,19 @@ def test_segment_cli_single_and_batch_with_one_bad_row(tmp_path, tiny_model, hip
 
     batch = tmp_path / "scans.tsv"
     good_out, bad_out = tmp_path / "b_good.nii.gz", tmp_path / "b_bad.nii.gz"
-    batch.write_text(f"input\toutput\trecord\tscan_id\n{bad}\t{bad_out}\t\tbroken\n{ct}\t{good_out}\t\tgood\n")
+    good_std, bad_std = tmp_path / "b_good.std.nii.gz", tmp_path / "b_bad.std.nii.gz"
+    batch.write_text(f"input\toutput\trecord\tscan_id\tstd_output\n{bad}\t{bad_out}\t\tbroken\t{bad_std}\n"
+                     f"{ct}\t{good_out}\t\tgood\t{good_std}\n")
     excluded = hipas("segment", "--batch", batch, "--model", tiny_model, "--exclude-invalid", "--threads", "1")
     assert excluded.returncode == 0, excluded.stderr
     marker = read_marker(bad_out)
     assert marker is not None and marker.scan_id == "broken" and marker.stage == "segment"
     assert sitk.ReadImage(str(good_out)).GetSize() == tiny_chest().GetSize()
+    assert read_marker(bad_std) is not None
+    assert np.allclose(sitk.ReadImage(str(good_std)).GetSpacing()[::-1], STANDARD_SPACING)
 
-    good_out.unlink()
-    bad_out.unlink()
+    for path in (good_out, bad_out, good_std, bad_std):
+        path.unlink()
     failing = hipas("segment", "--batch", batch, "--model", tiny_model, "--threads", "1")
     assert failing.returncode == 2
     assert "bad.nii.gz" in failing.stderr

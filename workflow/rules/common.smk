@@ -116,16 +116,23 @@ def batch_dir(site, chunk):
 
 
 def labels_of(scan):
+    """The scan's labels in its own grid (the deliverable)."""
     site, chunk = BATCH_OF[scan]
     return f"{batch_dir(site, chunk)}/{scan}.nii.gz"
+
+
+def standard_labels_of(scan):
+    """The scan's labels in the standardized grid (what morphometry measures)."""
+    site, chunk = BATCH_OF[scan]
+    return f"{batch_dir(site, chunk)}/{scan}.std.nii.gz"
 
 
 def scan_batch_dir(wildcards):
     return batch_dir(*BATCH_OF[wildcards.scan])
 
 
-def scan_labels(wildcards):
-    return labels_of(wildcards.scan)
+def scan_standard_labels(wildcards):
+    return standard_labels_of(wildcards.scan)
 
 
 def batch_images(wildcards):
@@ -137,11 +144,13 @@ def batch_records(wildcards):
 
 
 def batch_table(wildcards, output):
-    """The `hipas segment --batch` table: input, output, record, scan_id (one line per scan).
-    With the normalization record the labels are delivered in the scan's own grid."""
-    lines = ["input\toutput\trecord\tscan_id"]
+    """The `hipas segment --batch` table: input, output, record, scan_id, std_output (one line
+    per scan). With the normalization record the labels are delivered in the scan's own grid;
+    std_output keeps them in the standardized grid too, for morphometry and the QC picture."""
+    lines = ["input\toutput\trecord\tscan_id\tstd_output"]
     for scan in BATCHES[(wildcards.site, wildcards.chunk)]:
-        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\tresults/scans/{scan}/std.json\t{scan}")
+        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\tresults/scans/{scan}/std.json"
+                     f"\t{scan}\t{output[0]}/{scan}.std.nii.gz")
     return "\n".join(lines) + "\n"
 
 

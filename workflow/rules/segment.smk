@@ -1,8 +1,9 @@
 # Artery/vein segmentation in batches: one job per `segmentation.batch_size` scans of a site
 # (manifest order), one process and one model load for the whole batch (`hipas segment
 # --batch`), so Python, CUDA and model start-up are paid once per batch, not once per scan.
-# The labels of a batch land in one folder, one file (or exclusion marker) per scan, each in the
-# scan's own grid (mapped back through its normalization record).
+# The labels of a batch land in one folder, per scan (or exclusion markers): `<scan>.nii.gz` in
+# the scan's own grid (mapped back through its normalization record), the deliverable, and
+# `<scan>.std.nii.gz` in the standardized grid, which morphometry measures.
 
 
 rule segment:
