@@ -56,10 +56,8 @@ class TrainConfig:
     inference_window: tuple[int, int, int] | None = None  # default: the patch
     inference_overlap: float = 0.25
     vesselness_sigmas_mm: tuple[float, ...] = (0.7, 1.5)
-    # --- MAE pre-training transfer (hipas_core.sts.pretrain) ---
     encoder_init: str | None = None  # a `hipas pretrain` checkpoint copied into every stage's encoder
     freeze_encoder: bool = True  # the paper: encoder fixed when transferred, only the decoder trained
-    # --- end MAE pre-training transfer ---
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,12 +168,10 @@ def train(
     rng = np.random.default_rng(config.seed)
     device = torch.device(config.device)
     model = build_model(config.kind, config.model_config).to(device)
-    # --- MAE pre-training transfer: before the optimizer and any resume state ---
-    if config.encoder_init:
+    if config.encoder_init:  # MAE pre-training transfer, before the optimizer and any resume state
         from hipas_core.sts.pretrain import load_pretrained_encoder
 
         load_pretrained_encoder(model, config.encoder_init, freeze=config.freeze_encoder)
-    # --- end MAE pre-training transfer ---
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
