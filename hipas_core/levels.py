@@ -48,7 +48,7 @@ Arrays are (z, y, x) with ``spacing`` in mm. Per tree (label 1 artery, 2 vein):
 
 Agreement with the phantom's own level map (fraction of vessel voxels, small phantoms
 ``hipas_core.phantom``, seeds 1-10): 0.903 0.897 0.907 0.911 0.913 0.890 0.903 0.922 0.922
-0.921 (mean 0.909). The remaining errors are generations off by one or two, mostly across the
+0.921 (mean 0.909, pooled over all vessel voxels 0.909). The errors are generations off by one or two, mostly across the
 generation 5/6 boundary (level 2 against level 3): side branches that touch another branch of
 the same tree make TEASAR trace a shortcut (a whole subtree then counts from the wrong
 parent), and crowded junctions whose order along the parent cannot be seen on the grid.

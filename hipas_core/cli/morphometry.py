@@ -17,7 +17,9 @@ from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--labels", required=True, help="artery/vein label map (0, 1 artery, 2 vein)"
+        "--labels", required=True,
+        help="artery/vein label map (0, 1 artery, 2 vein); for thick-slice scans give the labels in the "
+        "standardized grid (hipas segment --std-output): on 2.5-5 mm slices the input-grid labels lose thin vessels",
     )
     parser.add_argument(
         "--lungs", required=True, help="lung mask (non-zero = lung) covering the same box"
