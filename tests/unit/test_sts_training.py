@@ -151,3 +151,22 @@ def test_baseline_cross_entropy_term_is_added():
     target[:, 1] = batch["labels"] == 2
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     assert torch.allclose(with_bce - dice_only, expected, atol=1e-5)
+
+
+def test_dice_stage_loss_is_plain_dice_on_the_stage_targets():
+    torch.manual_seed(0)
+    model = build_model("cascade", TINY_MODEL)
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), stage_loss="dice")
+    batch = make_batch([tiny_case()], config, np.random.default_rng(0), augment=False)
+    with torch.no_grad():
+        loss = batch_loss(model, batch, config, stages=[1])
+        logits = model(batch["image"], last_stage=1)[1]
+    target = torch.zeros_like(logits)
+    keep = (batch["levels"] >= 1) & (batch["levels"] <= 2)  # levels 0 and 1 of the paper
+    target[:, 0] = (batch["labels"] == 1) & keep
+    target[:, 1] = (batch["labels"] == 2) & keep
+    prob = torch.sigmoid(logits)
+    dice = (2 * (prob * target).sum((2, 3, 4)) + 1) / (prob.sum((2, 3, 4)) + target.sum((2, 3, 4)) + 1)
+    assert torch.allclose(loss, 1 - dice.mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="stage_loss"):
+        TrainConfig(stage_loss="focal")
