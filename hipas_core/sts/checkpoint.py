@@ -70,12 +70,18 @@ def export_for_inference(
     thresholds: tuple[float, float] | None = None,
     window: tuple[int, int, int] | None = None,
     overlap: float | None = None,
+    half: bool = False,
 ) -> None:
-    """Copy a training checkpoint without optimizer and RNG state (weights as float32),
+    """Copy a training checkpoint without optimizer and RNG state (weights as float32, or
+    float16 with ``half`` to halve the file; loading casts them back to the model's float32),
     optionally with per-class thresholds (artery, vein) chosen on validation data and a new
     inference window (z, y, x) / overlap."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
+    if half:
+        payload["state_dict"] = {
+            k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+        }
     inference = dict(payload.get("inference", {}))
     if thresholds is not None:
         inference["thresholds"] = [float(t) for t in thresholds]
