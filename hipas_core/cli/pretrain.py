@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from hipas_core.cli._training_options import add_training_run_options
+
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
@@ -30,14 +32,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=24, help="stage base width (must match hipas train --width)")
     parser.add_argument("--blocks", type=int, nargs=5, default=(1, 1, 2, 2, 1), help="residual blocks per resolution "
                         "(must match hipas train --blocks)")
-    parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=(0.7, 1.5), help="vesselness scales (mm)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much time")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_run_options(parser)
 
 
 def _folder_volumes(folder: str, sigmas: tuple[float, ...]) -> list:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from hipas_core.cli._training_options import add_training_run_options
+
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
@@ -44,18 +46,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage-loss", choices=("paper", "dice"), default="paper",
                         help="cascade: paper = eq. 17 per stage (default); dice = plain soft Dice per tree on the "
                         "stage's targets (faster to rise on a small CPU budget)")
-    parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=(0.7, 1.5), help="vesselness scales (mm)")
     parser.add_argument("--val-every", type=int, default=50)
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--encoder-init", metavar="CKPT", help="start every stage's encoder from a `hipas pretrain` checkpoint")
     parser.add_argument("--no-freeze-encoder", action="store_true", help="with --encoder-init: train the encoder too (default: frozen)")
     parser.add_argument("--synthetic-ncct", type=float, default=0.0, metavar="P",
                         help="probability of replacing a CTPA training patch's case by its synthetic non-contrast copy")
+    add_training_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -89,6 +89,15 @@ def level_territories(levels: np.ndarray, *, spacing: Sequence[float] = STANDARD
     return out
 
 
+def network_input(ct_window: np.ndarray, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM) -> np.ndarray:
+    """The two input channels of a stage: (Z, Y, X) windowed CT on the standardized grid ->
+    (2, Z, Y, X) float16 (the CT and its vesselness at ``vesselness_sigmas_mm``)."""
+    from hipas_core.vesselness import vesselness
+
+    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
+    return np.stack([ct_window, enhanced]).astype(np.float16)
+
+
 def prepare_case(
     ct,
     labels,
@@ -111,7 +120,6 @@ def prepare_case(
     from hipas_core.lungs import lung_bounding_box
     from hipas_core.normalize import normalize_ct, to_standard_grid, window
     from hipas_core.sts.losses import level_weights
-    from hipas_core.vesselness import vesselness
 
     standard, _record = normalize_ct(ct)
     labels_std = sitk.GetArrayFromImage(to_standard_grid(labels, interpolation="label"))
@@ -131,12 +139,11 @@ def prepare_case(
     # a label voxel that lost its level in resampling: the deepest level (remaining vessels)
     levels_std[(labels_std > 0) & (levels_std == 0)] = 4
     box = lung_bounding_box(standard, margin_mm=margin_mm)
-    ct_window = window(sitk.GetArrayFromImage(standard)[box])
-    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
+    image = network_input(window(sitk.GetArrayFromImage(standard)[box]), vesselness_sigmas_mm=vesselness_sigmas_mm)
     labels_c, levels_c = labels_std[box], levels_std[box]
     return TrainingCase(
         name=name,
-        image=np.stack([ct_window, enhanced]).astype(np.float16),
+        image=image,
         labels=labels_c.astype(np.uint8),
         levels=levels_c,
         lungs=lungs_std[box].astype(np.uint8),
@@ -275,12 +282,11 @@ def synthetic_ncct_case(
     levels, lungs, territories and weights are shared with ``case`` (not copied; read-only).
     """
     from hipas_core.sts.synthetic_ncct import synthetic_ncct_windowed
-    from hipas_core.vesselness import vesselness
 
     ct_window = synthetic_ncct_windowed(case.image[0], labels=case.labels, spacing=STANDARD_SPACING, **options)
-    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
     return TrainingCase(
-        name=f"{case.name}-sncct", image=np.stack([ct_window, enhanced]).astype(np.float16), labels=case.labels,
+        name=f"{case.name}-sncct", image=network_input(ct_window, vesselness_sigmas_mm=vesselness_sigmas_mm),
+        labels=case.labels,
         levels=case.levels, lungs=case.lungs, territory=case.territory, weights=case.weights,
         meta={**case.meta, "protocol": "synthetic-ncct", "source_protocol": case.meta.get("protocol")},
     )

@@ -372,16 +372,13 @@ def prepare_unlabelled(ct, *, vesselness_sigmas_mm: Sequence[float] = (0.7, 1.5)
     import SimpleITK as sitk
 
     from hipas_core.errors import InvalidScanError
-    from hipas_core.grid import STANDARD_SPACING
     from hipas_core.lungs import lung_bounding_box
     from hipas_core.normalize import normalize_ct, window
-    from hipas_core.vesselness import vesselness
+    from hipas_core.sts.data import network_input
 
     standard, _record = normalize_ct(ct)
     try:
         box = lung_bounding_box(standard, margin_mm=margin_mm)
     except InvalidScanError:
         box = (slice(None),) * 3
-    ct_window = window(sitk.GetArrayFromImage(standard)[box])
-    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
-    return np.stack([ct_window, enhanced]).astype(np.float16)
+    return network_input(window(sitk.GetArrayFromImage(standard)[box]), vesselness_sigmas_mm=vesselness_sigmas_mm)
