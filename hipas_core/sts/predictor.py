@@ -38,7 +38,9 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
 
 
-THRESHOLD_GRID = tuple(round(0.1 + 0.05 * k, 2) for k in range(17))
+# 0.10-0.95 in steps of 0.05, then finer near 1: networks trained with Dice + cross-entropy on a
+# small budget are over-confident, and their best validation threshold lies above 0.9
+THRESHOLD_GRID = tuple(round(0.1 + 0.05 * k, 2) for k in range(18)) + (0.97, 0.98, 0.99)
 
 
 def calibrate_thresholds(predictor: Predictor, cases, *, grid=THRESHOLD_GRID) -> tuple[float, float]:

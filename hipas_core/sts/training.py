@@ -237,6 +237,8 @@ def train(
             "finished": final,
             "warm_started": list(warm_started),
             "train_seconds": elapsed_before + (time.monotonic() - started),
+            # what the training time was measured on (the CLI's --threads / --device)
+            "train_device": {"device": str(device), "threads": torch.get_num_threads()},
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(rng),
         }

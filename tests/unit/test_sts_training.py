@@ -116,6 +116,7 @@ def test_train_is_deterministic_and_resume_continues_exactly(tmp_path):
     a, b = load_checkpoint(straight), load_checkpoint(again)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["training_config"]["seed"] == 3 and "torch" in a["versions"]
+    assert a["train_device"] == {"device": "cpu", "threads": torch.get_num_threads()}
 
     resumed = tmp_path / "resumed.pt"
     train(TrainConfig(**{**config.to_dict(), "steps": 2}), cases, output=resumed, progress=False)
