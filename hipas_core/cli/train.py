@@ -51,6 +51,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-freeze-encoder", action="store_true", help="with --encoder-init: train the encoder too (default: frozen)")
     parser.add_argument("--synthetic-ncct", type=float, default=0.0, metavar="P",
                         help="probability of replacing a CTPA training patch's case by its synthetic non-contrast copy")
+    parser.add_argument("--cached-priors", action="store_true",
+                        help="stagewise: stage s >= 1 reads the frozen stages' prior map from a per-case cache "
+                        "computed over the whole crop (as inference does) instead of rerunning them on every patch")
     add_training_run_options(parser)
 
 
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     sigmas = tuple(args.vesselness_sigmas)
     if args.encoder_init and args.baseline:
         raise InvalidInputError(f"{args.encoder_init}: --encoder-init applies to the cascade, not to --baseline")
+    if args.cached_priors and (args.baseline or args.mode != "stagewise"):
+        raise InvalidInputError("--cached-priors needs a cascade trained with --mode stagewise")
     if not 0.0 <= args.synthetic_ncct <= 1.0:
         raise InvalidInputError(f"--synthetic-ncct {args.synthetic_ncct}: a probability in [0, 1] is needed")
     if args.data:
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         warm_start=not args.no_warm_start, stage_steps=tuple(args.stage_steps) if args.stage_steps else None, seed=args.seed, level_weight_cap=args.level_weight_cap, bce_weight=args.bce_weight, stage_loss=args.stage_loss, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=args.device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
-        encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder,
+        encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct},
     )
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,

@@ -9,6 +9,7 @@ vessels of levels <= i, so the last stage gives the whole trees.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -88,3 +89,35 @@ class STSCascade(nn.Module):
             outputs.append(logits)
             prior = torch.sigmoid(logits)
         return outputs
+
+
+@torch.no_grad()
+def cascade_probabilities(
+    model: STSCascade,
+    image: torch.Tensor,
+    *,
+    slide: Callable,
+    last_stage: int | None = None,
+    on_stage: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the cascade stage by stage over a whole volume, as inference does.
+
+    ``image`` (2, Z, Y, X) (windowed CT, vesselness); ``slide(fn, volume)`` applies ``fn`` (a map
+    from (B, C, z, y, x) windows to (B, 2, z, y, x) probabilities) over a (C, Z, Y, X) volume,
+    e.g. a sliding window. Each stage sees the image and the previous stage's probabilities over
+    the whole volume. Returns the (2, Z, Y, X) float32 probabilities of ``last_stage`` (default:
+    the last stage); ``on_stage(index)`` is called after each stage (timings).
+    """
+    last = len(model.stages) - 1 if last_stage is None else int(last_stage)
+    prior = None
+    for index in range(last + 1):
+        source = image if prior is None else torch.cat([image, prior])
+
+        def run(x: torch.Tensor, index: int = index) -> torch.Tensor:
+            img, pri = x[:, :IMAGE_CHANNELS], (x[:, IMAGE_CHANNELS:] if x.shape[1] > IMAGE_CHANNELS else None)
+            return torch.sigmoid(model.forward_stage(index, img, pri).float())
+
+        prior = slide(run, source)
+        if on_stage is not None:
+            on_stage(index)
+    return prior

@@ -298,12 +298,15 @@ def sample_patch(
     rng: np.random.Generator,
     *,
     vessel_probability: float = 0.7,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """One patch of ``case`` (padded with zeros where it leaves the crop).
 
     With ``vessel_probability`` the patch is centred on a random annotated vessel voxel of a
     randomly chosen level (so rare levels are seen as often as common ones), otherwise anywhere.
-    Returns ``image`` (2, *patch) float32, ``labels``, ``levels``, ``territory`` (3, *patch).
+    Returns ``image`` (2, *patch) float32, ``labels``, ``levels``, ``territory`` (3, *patch),
+    and each array of ``extra`` ((..., Z, Y, X) in the case's grid, e.g. a cached prior map) cut
+    at the same place as float32 under its own key. ``extra`` draws nothing from ``rng``.
     """
     patch = tuple(int(p) for p in patch)
     shape = np.array(case.shape)
@@ -335,6 +338,7 @@ def sample_patch(
         "levels": cut(case.levels, np.uint8),
         "territory": cut(case.territory, np.uint8),
         "weights": case.weights.copy(),
+        **{key: cut(array, np.float32) for key, array in (extra or {}).items()},
     }
 
 

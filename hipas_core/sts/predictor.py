@@ -168,20 +168,17 @@ class Predictor:
             probs = self._slide(lambda x: torch.sigmoid(self.model(x).float()), image)
             timings["stage0_s"] = time.perf_counter() - started
             return probs.cpu().numpy()
-        prior = None
-        for index in range(len(self.model.stages)):
-            started = time.perf_counter()
-            source = image if prior is None else torch.cat([image, prior])
+        from hipas_core.sts.cascade import cascade_probabilities
 
-            def run(x, index=index):
-                img, pri = x[:, :2], (x[:, 2:] if x.shape[1] > 2 else None)
-                return torch.sigmoid(self.model.forward_stage(index, img, pri).float())
+        clock = [time.perf_counter()]
 
-            prior = self._slide(run, source)
+        def stage_done(index: int) -> None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            timings[f"stage{index}_s"] = time.perf_counter() - started
-        return prior.cpu().numpy()
+            now = time.perf_counter()
+            timings[f"stage{index}_s"], clock[0] = now - clock[0], now
+
+        return cascade_probabilities(self.model, image, slide=self._slide, on_stage=stage_done).cpu().numpy()
 
     def _slide(self, fn, volume: torch.Tensor) -> torch.Tensor:
         window = fitted_window(self.window, tuple(volume.shape[1:]))

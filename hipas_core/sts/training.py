@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,11 @@ class TrainConfig:
     vesselness_sigmas_mm: tuple[float, ...] = (0.7, 1.5)
     encoder_init: str | None = None  # a `hipas pretrain` checkpoint copied into every stage's encoder
     freeze_encoder: bool = True  # the paper: encoder fixed when transferred, only the decoder trained
+    # stagewise: stage s >= 1 reads P^{s-1} of the frozen stages from a per-case cache, computed
+    # over the whole case crop stage by stage (as inference does), instead of running stages
+    # 0..s-1 on every patch. Faster (one stage forward per step instead of s + 1); the cached
+    # prior sees the case before patch augmentation (flips are applied to it as to the labels).
+    cached_priors: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,20 +87,25 @@ def _territory(territory: torch.Tensor, stage: int) -> torch.Tensor:
     return torch.zeros_like(territory[:, 0]) if stage == 0 else territory[:, stage - 1]
 
 
-def make_batch(cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True):
-    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors."""
+def make_batch(
+    cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True,
+    prior_of: Callable[[TrainingCase], np.ndarray] | None = None,
+):
+    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors. With ``prior_of`` (case
+    -> (2, Z, Y, X) prior map of the frozen stages) the batch also holds that map's patches
+    (``"prior"``)."""
     augmentation = Augmentation(**{**config.augmentation, "flip_axes": tuple(config.augmentation.get("flip_axes", ()))})
     items = []
     for _ in range(config.batch_size):
         case = cases[int(rng.integers(len(cases)))]
         if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
             case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
-        sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability)
+        extra = {"prior": prior_of(case)} if prior_of is not None else None
+        sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability, extra=extra)
         if augment:
-            image, (labels, levels, territory) = augmentation.apply(
-                sample["image"], [sample["labels"], sample["levels"], sample["territory"]], rng
-            )
-            sample.update(image=image, labels=labels, levels=levels, territory=territory)
+            keys = ["labels", "levels", "territory"] + (["prior"] if extra else [])
+            image, targets = augmentation.apply(sample["image"], [sample[k] for k in keys], rng)
+            sample.update(image=image, **dict(zip(keys, targets, strict=True)))
         items.append(sample)
     batch = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
     if config.level_weight_cap is not None:
@@ -114,8 +125,12 @@ def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stag
     if config.kind == "baseline":  # the cascade's added cross-entropy too, for a like-for-like comparison
         target = _stage_targets(batch["labels"], batch["levels"], 3)
         return _dice_and_cross_entropy(model(batch["image"]), target, config.bce_weight)
-    outputs = model(batch["image"], last_stage=None if stages is None else max(stages))
-    stages = range(len(outputs)) if stages is None else stages
+    if "prior" in batch:  # stagewise with cached priors: only the stage being trained runs
+        (stage,) = stages
+        outputs = {stage: model.forward_stage(stage, batch["image"], batch["prior"])}
+    else:
+        outputs = model(batch["image"], last_stage=None if stages is None else max(stages))
+        stages = range(len(outputs)) if stages is None else stages
     loss = batch["image"].new_zeros(())
     for stage in stages:
         if config.stage_loss == "dice":
@@ -151,6 +166,28 @@ def validation_dice(model: torch.nn.Module, batches: Sequence[dict], config: Tra
     return float(dice[0]), float(dice[1])
 
 
+def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device, autocast) -> np.ndarray:
+    """P^{s-1} over the whole crop of ``case`` from the frozen stages 0..s-1 (s = cache["stage"]),
+    computed once per case and stage with the inference window and overlap."""
+    if case.name not in cache:
+        from hipas_core.sts.cascade import cascade_probabilities
+        from hipas_core.sts.predictor import fitted_window
+        from hipas_core.sts.sliding_window import sliding_window_predict
+
+        window = tuple(config.inference_window or config.patch)
+        device_type, dtype, enabled = autocast
+
+        def slide(fn, volume):
+            with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled):
+                return sliding_window_predict(fn, volume, window=fitted_window(window, tuple(volume.shape[1:])),
+                                              overlap=config.inference_overlap, out_channels=2)
+
+        image = torch.from_numpy(case.image.astype(np.float32)).to(device)
+        probs = cascade_probabilities(model, image, slide=slide, last_stage=cache["stage"] - 1)
+        cache[case.name] = probs.cpu().numpy().astype(np.float16)
+    return cache[case.name]
+
+
 def _rng_state(rng: np.random.Generator) -> dict:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
@@ -176,6 +213,8 @@ def train(
 
     if not cases:
         raise ValueError("no training cases")
+    if config.cached_priors and (config.kind != "cascade" or config.mode != "stagewise"):
+        raise ValueError("cached_priors needs a cascade trained stagewise")
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng(config.seed)
@@ -243,6 +282,7 @@ def train(
             "rng": _rng_state(rng),
         }
 
+    prior_cache: dict = {}  # cached_priors: {"stage": s, case name: P^{s-1} (2, Z, Y, X) float16}
     started = time.monotonic()
     model.train()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=config.kind)
@@ -270,7 +310,14 @@ def train(
                 from hipas_core.sts.pretrain import refreeze_encoders
 
                 refreeze_encoders(model)
-        batch = {k: v.to(device) for k, v in make_batch(cases, config, rng).items()}
+        prior_of = None
+        if config.cached_priors and stages is not None and stages[0] >= 1:
+            if prior_cache.get("stage") != stages[0]:  # the frozen stages changed: recompute lazily
+                prior_cache.clear()
+                prior_cache["stage"] = stages[0]
+            prior_of = partial(_cached_prior, model, prior_cache, config=config, device=device,
+                               autocast=(device.type, amp_dtype, use_amp))
+        batch = {k: v.to(device) for k, v in make_batch(cases, config, rng, prior_of=prior_of).items()}
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss = batch_loss(model, batch, config, stages=stages)

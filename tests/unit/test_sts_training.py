@@ -171,3 +171,67 @@ def test_dice_stage_loss_is_plain_dice_on_the_stage_targets():
     assert torch.allclose(loss, 1 - dice.mean(), atol=1e-5)
     with pytest.raises(ValueError, match="stage_loss"):
         TrainConfig(stage_loss="focal")
+
+
+def test_cached_prior_loss_equals_the_full_cascade_loss_when_the_patch_is_the_case():
+    """With the whole case as the patch and no augmentation, reading P^{s-1} from the cache gives
+    the loss of running stages 0..s (float16 cache: tolerance)."""
+    from hipas_core.sts.training import _cached_prior
+
+    torch.manual_seed(0)
+    model = build_model("cascade", TINY_MODEL)
+    case = tiny_case(shape=(32, 48, 48))
+    config = TrainConfig(model_config=TINY_MODEL, patch=(32, 48, 48), mode="stagewise", cached_priors=True,
+                         stage_loss="paper", bce_weight=1.0)
+    for stage in (1, 3):
+        cache = {"stage": stage}
+
+        def prior_of(c, cache=cache):
+            return _cached_prior(model, cache, c, config=config, device=torch.device("cpu"),
+                                 autocast=("cpu", torch.bfloat16, False))
+
+        cached = make_batch([case], config, np.random.default_rng(5), augment=False, prior_of=prior_of)
+        plain = make_batch([case], config, np.random.default_rng(5), augment=False)
+        assert cached["prior"].shape == (1, 2, 32, 48, 48) and "prior" not in plain
+        with torch.no_grad():
+            expected_prior = torch.sigmoid(model(plain["image"], last_stage=stage - 1)[-1])
+            assert torch.allclose(cached["prior"], expected_prior, atol=2e-3)
+            with_cache = batch_loss(model, cached, config, stages=[stage])
+            without = batch_loss(model, plain, config, stages=[stage])
+        assert torch.allclose(with_cache, without, rtol=1e-3, atol=1e-4)
+        assert list(cache) == ["stage", case.name]  # computed once per case
+
+
+def test_extra_arrays_are_cut_and_flipped_with_the_labels():
+    case = tiny_case(2)
+    extra = {"prior": np.stack([case.labels == 1, case.labels == 2]).astype(np.float16)}
+    sample = sample_patch(case, (16, 32, 32), np.random.default_rng(4), extra=extra)
+    again = sample_patch(case, (16, 32, 32), np.random.default_rng(4))
+    assert np.array_equal(sample["labels"], again["labels"])  # extra draws nothing from the rng
+    augmentation = Augmentation(flip_axes=(0, 1, 2))
+    _, (labels, prior) = augmentation.apply(sample["image"], [sample["labels"], sample["prior"]],
+                                            np.random.default_rng(1))
+    assert np.array_equal(prior[0] > 0.5, labels == 1) and np.array_equal(prior[1] > 0.5, labels == 2)
+
+
+def test_stagewise_training_with_cached_priors_runs_and_is_deterministic(tmp_path):
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=4, lr=1e-3, seed=2, mode="stagewise",
+                         stage_steps=(1, 1, 1, 1), cached_priors=True, val_every=4, val_patches=1,
+                         checkpoint_every=4, inference_window=(16, 32, 32))
+    cases = [tiny_case(0), tiny_case(1)]
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    train(config, cases, output=first, progress=False)
+    train(config, cases, output=second, progress=False)
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    assert a["step"] == 4 and a["training_config"]["cached_priors"] is True
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    with pytest.raises(ValueError, match="cached_priors"):
+        train(TrainConfig(**{**config.to_dict(), "mode": "joint"}), cases, output=tmp_path / "c.pt", progress=False)
+
+
+def test_train_cli_rejects_cached_priors_outside_stagewise_cascade(tmp_path, hipas):
+    out = tmp_path / "x.pt"
+    for extra in (["--baseline"], ["--mode", "joint"]):
+        result = hipas("train", "--out", out, "--cached-priors", *extra, "--data", tmp_path, "--steps", "1")
+        assert result.returncode == 2 and "--cached-priors" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
