@@ -1,21 +1,24 @@
 """Held-out evaluation of an STS cascade against a single-stage baseline (default: the shipped demo models).
 
-Phantom seeds never used in training or validation (default 1001-1008: NCCT and CTPA, thin
-0.8-1.25 mm and thick 2.5-3 mm slices, ``hipas_core.sts.data.phantom_plan``) are generated,
+Phantom seeds never used in training or validation (default 1001-1016: odd NCCT, even CTPA; the
+first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slices, ``hipas_core.sts.data.phantom_plan``)
+are generated,
 segmented by each model through ``Predictor.segment_file`` (the path ``hipas segment`` takes:
 read, normalize, lung crop, sliding window, back to the input grid), and scored against the
 phantom truth in the input grid with ``hipas_core.metrics.evaluate_labels`` (DSC, sensitivity,
 MCS, HD95 in the input grid; TD, BD in the standardized grid; intrapulmonary rows from the
 phantom lung mask). Summary: mean with t-based 95 % CI, paired two-sided Wilcoxon signed-rank
-(cascade vs baseline). Writes a markdown table (default ``benchmarks/demo_model_eval.md``) and
-the per-scan rows as CSV beside the work folder.
+(cascade vs baseline). Each model is scored at its checkpoint's calibrated thresholds, or both at
+``--fixed-threshold``. Writes a markdown table (default ``benchmarks/demo_model_eval.md``) and
+the per-scan rows as CSV in the work folder.
 
 The table starts with what each compared checkpoint is (parameters, optimizer steps, training
 time), so a comparison's budget is visible next to its result.
 
-    .venv/bin/python benchmarks/evaluate_demo_model.py [--seeds 1001-1008] [--threads 2]
-    .venv/bin/python benchmarks/evaluate_demo_model.py --cascade C.pt --baseline B.pt \
-        --seeds 1001-1016 --work results/sts_eval16 --out benchmarks/matched_model_eval.md
+    .venv/bin/python benchmarks/evaluate_demo_model.py [--seeds 1001-1016] [--threads 2]
+    .venv/bin/python benchmarks/evaluate_demo_model.py --fixed-threshold 0.5 \
+        --work results/sts_heldout_t05 --out benchmarks/demo_model_eval_t05.md
+    .venv/bin/python benchmarks/evaluate_demo_model.py --cascade C.pt --baseline B.pt --out OTHER.md
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cascade", default=str(REPO / "models" / "sts-demo.pt"))
     parser.add_argument("--baseline", default=str(REPO / "models" / "baseline-demo.pt"))
-    parser.add_argument("--seeds", default="1001-1008")
-    parser.add_argument("--work", default=str(REPO / "results" / "sts_eval"))
+    parser.add_argument("--seeds", default="1001-1016")
+    parser.add_argument("--work", default=str(REPO / "results" / "sts_heldout"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "demo_model_eval.md"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-skeleton", action="store_true", help="skip TD/BD (faster)")
@@ -42,7 +45,9 @@ def main() -> int:
                         help="segment and score one model only (writes WORK/per_scan_<method>.csv; run both, "
                         "possibly in parallel, then --combine)")
     parser.add_argument("--combine", action="store_true", help="only build the table from the per-method CSVs")
-    parser.add_argument("--title", default="Demo model evaluation (held-out synthetic phantoms)")
+    parser.add_argument("--title", default="Demo models: STS cascade vs single-stage baseline (held-out synthetic phantoms)")
+    parser.add_argument("--fixed-threshold", type=float, metavar="T",
+                        help="score both models at this threshold instead of their calibrated per-class thresholds")
     args = parser.parse_args()
 
     import pandas as pd
@@ -75,6 +80,8 @@ def main() -> int:
         methods = tuple(m for m in methods if m[0] == args.only)
     for method, model in ([] if args.combine else methods):
         predictor = Predictor(model, device="cpu")
+        if args.fixed_threshold is not None:
+            predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
         rows = []
         for scan in scans:
             started = time.perf_counter()
@@ -129,9 +136,9 @@ def main() -> int:
         "",
         "Models compared (from the checkpoints):",
         "",
-        "| method | checkpoint | parameters | optimizer steps | training time | trained on |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[model_row(method, path) for method, path in methods],
+        "| method | checkpoint | parameters | optimizer steps | training time | trained on | thresholds (artery, vein) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[model_row(method, path, args.fixed_threshold) for method, path in methods],
         "",
         "Mean [95 % CI, t-based]; p: paired two-sided Wilcoxon signed-rank, cascade vs baseline.",
         "DSC/SEN/MCS/HD95 in the input grid, TD/BD in the standardized grid (hipas_core.metrics).",
@@ -162,8 +169,8 @@ def main() -> int:
     return 0
 
 
-def model_row(method: str, path: str) -> str:
-    """One markdown row describing a checkpoint: size and training budget."""
+def model_row(method: str, path: str, fixed_threshold: float | None = None) -> str:
+    """One markdown row describing a checkpoint: size, training budget and the thresholds used."""
     from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(path)
@@ -175,8 +182,13 @@ def model_row(method: str, path: str) -> str:
     minutes = float(payload.get("train_seconds", float("nan"))) / 60
     trained_on = payload.get("train_device")
     trained_on = f"{trained_on['device']}, {trained_on['threads']} threads" if trained_on else "not recorded"
+    if fixed_threshold is None:
+        calibrated = payload.get("inference", {}).get("thresholds", (0.5, 0.5))
+        thresholds = f"{calibrated[0]:g}, {calibrated[1]:g} (the checkpoint's)"
+    else:
+        thresholds = f"{fixed_threshold:g}, {fixed_threshold:g} (fixed)"
     return (f"| {method} | `{shown}` | {parameters:,} | {int(payload.get('step', 0)):,} | "
-            f"{minutes:.1f} min | {trained_on} |")
+            f"{minutes:.1f} min | {trained_on} | {thresholds} |")
 
 
 if __name__ == "__main__":

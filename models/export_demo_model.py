@@ -1,8 +1,10 @@
 """Export a training checkpoint as a shipped demo model: optimizer and RNG state dropped, the
 inference window 160 x 192 x 224 with overlap 0.25, and per-class thresholds calibrated on the
-validation phantoms 501 and 502 (their cached cases in results/sts_cache).
+validation phantoms (default 501-508, never used for training: odd NCCT, even CTPA, 501-504 thin
+and 505-508 thick slices; written once to results/sts_validation), segmented as `hipas segment`
+does and scored in their own grid (``hipas_core.sts.predictor.calibrate_thresholds``).
 
-    .venv/bin/python models/export_demo_model.py TRAIN.pt OUT.pt [--threads 1] [--half]
+    .venv/bin/python models/export_demo_model.py TRAIN.pt OUT.pt [--val-seeds 501-508] [--threads 1] [--half]
 """
 
 from __future__ import annotations
@@ -13,31 +15,41 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VALIDATION_CASES = ("phantom-501-ncct-seedmm-v0.7-1.5.npz", "phantom-502-ctpa-2.5mm-v0.7-1.5.npz")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source")
     parser.add_argument("destination")
-    parser.add_argument("--cache", type=Path, default=REPO / "results" / "sts_cache")
+    parser.add_argument("--work", type=Path, default=REPO / "results" / "sts_validation")
+    parser.add_argument("--val-seeds", default="501-508", help="validation phantom seeds for the thresholds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--half", action="store_true", help="store the weights as float16")
     args = parser.parse_args()
 
+    import SimpleITK as sitk
     import torch
 
+    from hipas_core.phantom import PhantomSpec, generate_phantom
     from hipas_core.sts.checkpoint import export_for_inference
-    from hipas_core.sts.data import TrainingCase
+    from hipas_core.sts.data import parse_seeds, phantom_plan
     from hipas_core.sts.predictor import Predictor, calibrate_thresholds
 
     torch.set_num_threads(args.threads)
     settings = {"window": (160, 192, 224), "overlap": 0.25, "half": args.half}
     export_for_inference(args.source, args.destination, **settings)
-    cases = [TrainingCase.load(args.cache / name) for name in VALIDATION_CASES]
-    thresholds = calibrate_thresholds(Predictor(args.destination, device="cpu"), cases)
+    scans = []
+    for seed, protocol, thickness in phantom_plan(parse_seeds(args.val_seeds)):
+        folder = args.work / f"phantom-{seed}"
+        if not (folder / "ct.nii.gz").is_file():
+            spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=thickness)
+            generate_phantom(spec).write(folder)
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
+        scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
+    thresholds = calibrate_thresholds(Predictor(args.destination, device="cpu"), scans)
     export_for_inference(args.source, args.destination, thresholds=thresholds, **settings)
-    print(f"{args.destination}: thresholds artery {thresholds[0]}, vein {thresholds[1]}")
+    print(f"{args.destination}: thresholds artery {thresholds[0]}, vein {thresholds[1]} "
+          f"(validation phantoms {args.val_seeds})")
     return 0
 
 

@@ -43,21 +43,29 @@ def default_model_path() -> Path:
 THRESHOLD_GRID = tuple(round(0.1 + 0.05 * k, 2) for k in range(18)) + (0.97, 0.98, 0.99)
 
 
-def calibrate_thresholds(predictor: Predictor, cases, *, grid=THRESHOLD_GRID) -> tuple[float, float]:
-    """Per-class thresholds maximising the pooled Dice of artery and of vein on ``cases``
-    (``TrainingCase`` crops: their stored CT + vesselness channels are used as they are).
-    Use validation cases, never the held-out test scans."""
+def calibrate_thresholds(predictor: Predictor, scans, *, grid=THRESHOLD_GRID) -> tuple[float, float]:
+    """Per-class thresholds maximising the pooled Dice of artery and of vein over ``scans``.
+
+    ``scans``: (ct, truth) pairs, a ``SimpleITK.Image`` CT in HU and its (Z, Y, X) label array
+    (1 artery, 2 vein) in the CT's own grid. Each CT is segmented as ``hipas segment`` does it
+    (normalize, lung crop, all stages, probabilities mapped back linearly to the input grid),
+    so the thresholds fit the maps they are applied to: interpolation to the input grid lowers
+    the peaks of thin vessels, and thresholds chosen in the standardized grid came out too high.
+    Use validation scans, never the held-out test scans.
+    """
+    import SimpleITK as sitk
+
     grid = np.asarray(grid, dtype=float)
     inter = np.zeros((2, len(grid)))
     total = np.zeros((2, len(grid)))
-    for case in cases:
-        probs = predictor.probabilities_from_channels(torch.from_numpy(case.image.astype(np.float32)))
+    for ct, truth in scans:
+        probs = sitk.GetArrayFromImage(predictor.segment(ct, probabilities=True).probabilities)  # (Z, Y, X, 2)
         for tree in range(2):
-            truth = case.labels == tree + 1
+            wanted = truth == tree + 1
             for k, t in enumerate(grid):
-                pred = probs[tree] > t
-                inter[tree, k] += np.count_nonzero(pred & truth)
-                total[tree, k] += np.count_nonzero(pred) + np.count_nonzero(truth)
+                pred = probs[..., tree] > t
+                inter[tree, k] += np.count_nonzero(pred & wanted)
+                total[tree, k] += np.count_nonzero(pred) + np.count_nonzero(wanted)
     dice = 2 * inter / np.maximum(total, 1)
     return tuple(float(round(grid[int(np.argmax(dice[tree]))], 3)) for tree in range(2))
 

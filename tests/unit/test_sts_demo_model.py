@@ -28,11 +28,11 @@ def test_shipped_model_segments_unseen_phantom_in_its_grid(tmp_path, hipas):
     assert np.allclose(labels.GetSpacing(), phantom.ct.GetSpacing())
     values = np.unique(sitk.GetArrayViewFromImage(labels))
     assert set(values.tolist()) <= {0, 1, 2} and 1 in values and 2 in values
-    # sanity floor, far below the 0.85 target: the shipped demo weights score DSC artery 0.475,
-    # vein 0.360 on this phantom (models/sts-demo.md); an untrained or collapsed model scores ~0
+    # sanity floor, far below the 0.85 target: the shipped demo weights score DSC artery 0.555,
+    # vein 0.429 on this phantom (models/sts-demo.md); an untrained or collapsed model scores ~0
     predicted = sitk.GetArrayViewFromImage(labels)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["labels"])))  # a copy: the image is temporary
     for tree in (1, 2):
         overlap = np.count_nonzero((predicted == tree) & (truth == tree))
         dice = 2 * overlap / (np.count_nonzero(predicted == tree) + np.count_nonzero(truth == tree))
-        assert dice >= 0.30, f"tree {tree}: DSC {dice:.3f}"
+        assert dice >= 0.40, f"tree {tree}: DSC {dice:.3f}"

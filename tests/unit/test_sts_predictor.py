@@ -157,24 +157,20 @@ def test_export_for_inference_sets_window_thresholds_and_drops_training_state(ti
     assert predictor.window == (32, 48, 48) and predictor.thresholds == (0.4, 0.55)
 
 
-def test_calibrate_thresholds_picks_the_threshold_that_reproduces_the_truth(tiny_model):
-    from types import SimpleNamespace
-
-    from hipas_core.sts.data import network_input
+def test_calibrate_thresholds_picks_the_threshold_that_reproduces_the_truth_in_the_input_grid(tiny_model):
     from hipas_core.sts.predictor import THRESHOLD_GRID, calibrate_thresholds
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(3)
-    ct_window = rng.random((16, 32, 32), dtype=np.float32)
-    image = network_input(ct_window, vesselness_sigmas_mm=(1.0,))
+    ct = tiny_chest()
     predictor = Predictor(tiny_model)
-    probs = predictor.probabilities_from_channels(torch.from_numpy(image))
+    probs = sitk.GetArrayFromImage(predictor.segment(ct, probabilities=True).probabilities)
+    assert probs.shape == (*sitk.GetArrayViewFromImage(ct).shape, 2)  # scored in the CT's own grid
     for tree in range(2):
-        grid = tuple(round(float(q), 3) for q in np.quantile(probs[tree], [0.2, 0.5, 0.8]))
+        inside = probs[..., tree][probs[..., tree] > 0]
+        grid = tuple(round(float(q), 3) for q in np.quantile(inside, [0.2, 0.5, 0.8]))
         assert len(set(grid)) == 3
-        labels = np.where(probs[tree] > grid[1], tree + 1, 0).astype(np.uint8)
-        case = SimpleNamespace(image=image, labels=labels)
-        assert calibrate_thresholds(predictor, [case], grid=grid)[tree] == grid[1]
-        # pooled over cases: the same case twice gives the same answer
-        assert calibrate_thresholds(predictor, [case, case], grid=grid)[tree] == grid[1]
+        truth = np.where(probs[..., tree] > grid[1], tree + 1, 0).astype(np.uint8)
+        assert calibrate_thresholds(predictor, [(ct, truth)], grid=grid)[tree] == grid[1]
+        # pooled over scans: the same scan twice gives the same answer
+        assert calibrate_thresholds(predictor, [(ct, truth), (ct, truth)], grid=grid)[tree] == grid[1]
     assert max(THRESHOLD_GRID) == 0.99 and list(THRESHOLD_GRID) == sorted(set(THRESHOLD_GRID))
