@@ -38,8 +38,8 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
 
 
-# 0.10-0.95 in steps of 0.05, then finer near 1: networks trained with Dice + cross-entropy on a
-# small budget are over-confident, and their best validation threshold lies above 0.9
+# 0.10-0.95 in steps of 0.05, then finer near 1, where over-confident networks (Dice +
+# cross-entropy on a small budget) can have their best threshold
 THRESHOLD_GRID = tuple(round(0.1 + 0.05 * k, 2) for k in range(18)) + (0.97, 0.98, 0.99)
 
 
