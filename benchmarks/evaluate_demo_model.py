@@ -56,8 +56,7 @@ def main() -> int:
 
     from hipas_core.atomic import write_text
     from hipas_core.metrics import evaluate_labels, paired_comparison, summarize
-    from hipas_core.phantom import PhantomSpec, generate_phantom
-    from hipas_core.sts.data import parse_seeds, phantom_plan
+    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor
 
     torch.set_num_threads(args.threads)
@@ -65,10 +64,7 @@ def main() -> int:
     plan = phantom_plan(parse_seeds(args.seeds))
     scans = []
     for seed, protocol, thickness in plan:
-        folder = work / f"phantom-{seed}"
-        if not (folder / "ct.nii.gz").is_file():
-            spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=thickness)
-            generate_phantom(spec).write(folder)
+        folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=work)
         ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
         thick_mm = float(ct.GetSpacing()[2])
         scans.append({"seed": seed, "protocol": protocol.upper(), "slice_mm": thick_mm,

@@ -30,9 +30,8 @@ def main() -> int:
     import SimpleITK as sitk
     import torch
 
-    from hipas_core.phantom import PhantomSpec, generate_phantom
     from hipas_core.sts.checkpoint import export_for_inference
-    from hipas_core.sts.data import parse_seeds, phantom_plan
+    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor, calibrate_thresholds
 
     torch.set_num_threads(args.threads)
@@ -40,10 +39,7 @@ def main() -> int:
     export_for_inference(args.source, args.destination, **settings)
     scans = []
     for seed, protocol, thickness in phantom_plan(parse_seeds(args.val_seeds)):
-        folder = args.work / f"phantom-{seed}"
-        if not (folder / "ct.nii.gz").is_file():
-            spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=thickness)
-            generate_phantom(spec).write(folder)
+        folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
     thresholds = calibrate_thresholds(Predictor(args.destination, device="cpu"), scans)

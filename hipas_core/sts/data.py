@@ -354,6 +354,20 @@ def phantom_plan(seeds: Sequence[int]) -> list[tuple[int, str, float | None]]:
     return plan
 
 
+def phantom_scan_folder(
+    seed: int, *, protocol: str, slice_thickness_mm: float | None, work: str | os.PathLike
+) -> Path:
+    """``work/phantom-<seed>``, holding the small phantom's NIfTI files (ct, labels, levels,
+    lungs, truth.json); written on first use, reused afterwards (for evaluation scans)."""
+    folder = Path(work) / f"phantom-{seed}"
+    if not (folder / "ct.nii.gz").is_file():
+        from hipas_core.phantom import PhantomSpec, generate_phantom
+
+        spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=slice_thickness_mm)
+        generate_phantom(spec).write(folder)
+    return folder
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"1-12"``, ``"1,2,5"`` or ``"1-4,9"`` -> list of ints."""
     seeds: list[int] = []

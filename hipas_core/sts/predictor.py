@@ -23,7 +23,7 @@ from hipas_core.errors import InvalidInputError, InvalidScanError
 from hipas_core.grid import STANDARD_SPACING
 from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
 from hipas_core.sts.network import SIZE_MULTIPLE
-from hipas_core.sts.sliding_window import sliding_window_predict
+from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict
 
 DEFAULT_MODEL_NAME = "sts-demo.pt"
 MODEL_ENV = "HIPAS_MODEL"
@@ -68,13 +68,6 @@ def calibrate_thresholds(predictor: Predictor, scans, *, grid=THRESHOLD_GRID) ->
                 total[tree, k] += np.count_nonzero(pred) + np.count_nonzero(wanted)
     dice = 2 * inter / np.maximum(total, 1)
     return tuple(float(round(grid[int(np.argmax(dice[tree]))], 3)) for tree in range(2))
-
-
-def fitted_window(window: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The sliding window shrunk, per axis, to the volume ``shape`` rounded up to a multiple of
-    ``SIZE_MULTIPLE``: a crop smaller than the window is run in one pass without computing on
-    padding (on a CPU the per-window overhead dominates, so few large windows are fastest)."""
-    return tuple(min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE) for w, s in zip(window, shape, strict=True))
 
 
 def resolve_device(device: str) -> str:

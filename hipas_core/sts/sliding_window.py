@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from hipas_core.sts.network import SIZE_MULTIPLE
+
 
 def gaussian_importance(window: Sequence[int], *, sigma_scale: float = 0.125) -> np.ndarray:
     """A (z, y, x) gaussian weight map of the window's shape, max 1, min clipped above 0."""
@@ -36,6 +38,13 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     starts = list(range(0, size - window, step))
     starts.append(size - window)
     return sorted(set(starts))
+
+
+def fitted_window(window: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The sliding window shrunk, per axis, to the volume ``shape`` rounded up to a multiple of
+    ``SIZE_MULTIPLE``: a crop smaller than the window is run in one pass without computing on
+    padding (on a CPU the per-window overhead dominates, so few large windows are fastest)."""
+    return tuple(min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE) for w, s in zip(window, shape, strict=True))
 
 
 def sliding_window_predict(

@@ -171,8 +171,7 @@ def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig
     computed once per case and stage with the inference window and overlap."""
     if case.name not in cache:
         from hipas_core.sts.cascade import cascade_probabilities
-        from hipas_core.sts.predictor import fitted_window
-        from hipas_core.sts.sliding_window import sliding_window_predict
+        from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict
 
         window = tuple(config.inference_window or config.patch)
         device_type, dtype, enabled = autocast
