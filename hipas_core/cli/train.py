@@ -28,11 +28,16 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="inference window (default: patch)")
     parser.add_argument("--width", type=int, default=24, help="stage base width (paper 24)")
     parser.add_argument("--blocks", type=int, nargs=5, default=(1, 1, 2, 2, 1), help="residual blocks per resolution")
+    parser.add_argument("--stage-blocks", nargs="+", metavar="B,B,B,B,B",
+                        help="cascade: residual blocks per resolution for each stage (one comma list per stage, "
+                        "e.g. 0,0,1,1,1 0,0,1,1,1 0,0,1,1,1 1,1,1,1,1); default: --blocks for every stage")
     parser.add_argument("--baseline-widths", type=int, nargs=5, help="U-Net widths per resolution (default: full "
                         "resolution = --width, deep levels widened to match the cascade's parameter count)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-schedule", choices=("constant", "poly"), default="constant",
+                        help="poly: lr x (1 - step/steps)^0.9 (nnU-Net); default constant")
     parser.add_argument("--betas", type=float, nargs=2, default=(0.99, 0.999))
     parser.add_argument("--mode", choices=("joint", "stagewise"), default="joint")
     parser.add_argument("--stage-steps", type=int, nargs="+", metavar="N",
@@ -54,7 +59,29 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cached-priors", action="store_true",
                         help="stagewise: stage s >= 1 reads the frozen stages' prior map from a per-case cache "
                         "computed over the whole crop (as inference does) instead of rerunning them on every patch")
+    parser.add_argument("--skeleton-recall-weight", type=float, default=0.0, metavar="W",
+                        help="add W x Skeleton Recall (Kirchhoff et al. 2024) on the tubed centrelines of the targets "
+                        "(default 0: off)")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start from this checkpoint's weights (matched by name; residual blocks it lacks start "
+                        "as identities); every stage counts as trained, so stagewise warm start keeps them")
     add_training_run_options(parser)
+
+
+def _stage_blocks(text: list[str] | None, stages: int) -> tuple[tuple[int, ...], ...] | None:
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts.network import DOWNSAMPLINGS
+
+    if not text:
+        return None
+    try:
+        blocks = tuple(tuple(int(b) for b in item.split(",")) for item in text)
+    except ValueError:
+        raise InvalidInputError(f"--stage-blocks {' '.join(text)}: comma-separated integers expected") from None
+    if len(blocks) != stages or any(len(b) != DOWNSAMPLINGS + 1 or min(b) < 0 for b in blocks):
+        raise InvalidInputError(f"--stage-blocks {' '.join(text)}: {stages} lists of {DOWNSAMPLINGS + 1} "
+                                "non-negative counts are needed")
+    return blocks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         val_cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
                                            vesselness_sigmas_mm=sigmas) for s, p, t in val_plan]
         description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan}}
-    cascade_config = CascadeConfig(stage=StageConfig(width=args.width, blocks_per_level=tuple(args.blocks)))
+    cascade_config = CascadeConfig(stage=StageConfig(width=args.width, blocks_per_level=tuple(args.blocks)),
+                                   stage_blocks=_stage_blocks(args.stage_blocks, CascadeConfig().stages))
+    if args.stage_blocks and args.baseline:
+        raise InvalidInputError("--stage-blocks applies to the cascade, not to --baseline")
     if args.baseline:
         target = count_parameters(STSCascade(cascade_config))
         model_config = (UNetConfig(widths=tuple(args.baseline_widths)) if args.baseline_widths
@@ -106,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
         encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct},
+        skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,
+        lr_schedule=args.lr_schedule,
     )
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
                     resume=args.resume, progress=not args.no_progress)

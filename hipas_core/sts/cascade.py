@@ -37,20 +37,44 @@ class PriorTransmission(nn.Module):
 @dataclass(frozen=True)
 class CascadeConfig:
     """Shape of the cascade: ``stages`` stage networks of shape ``stage`` (its ``in_channels``
-    is forced to image + prior channels)."""
+    is forced to image + prior channels).
+
+    ``stage_blocks`` optionally gives each stage its own residual blocks per resolution (one
+    5-tuple per stage), e.g. full-resolution blocks in the last stage only, where the thin
+    vessels are decided; None: every stage has ``stage.blocks_per_level``.
+    """
 
     stages: int = 4
     stage: StageConfig = field(default_factory=StageConfig)
     transmission_hidden: int = 8
+    stage_blocks: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage_blocks is not None:
+            blocks = tuple(tuple(int(b) for b in per_stage) for per_stage in self.stage_blocks)
+            if len(blocks) != self.stages:
+                raise ValueError(f"stage_blocks needs {self.stages} entries (one per stage), not {len(blocks)}")
+            object.__setattr__(self, "stage_blocks", blocks)
+
+    def stage_config(self, index: int) -> StageConfig:
+        """The shape of stage ``index``."""
+        if self.stage_blocks is None:
+            return self.stage
+        return StageConfig(**{**asdict(self.stage), "blocks_per_level": self.stage_blocks[index]})
 
     def to_dict(self) -> dict:
-        return {"stages": self.stages, "stage": asdict(self.stage), "transmission_hidden": self.transmission_hidden}
+        data = {"stages": self.stages, "stage": asdict(self.stage), "transmission_hidden": self.transmission_hidden}
+        if self.stage_blocks is not None:
+            data["stage_blocks"] = [list(b) for b in self.stage_blocks]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> CascadeConfig:
         stage = dict(data["stage"])
         stage["blocks_per_level"] = tuple(stage["blocks_per_level"])
-        return cls(stages=int(data["stages"]), stage=StageConfig(**stage), transmission_hidden=int(data["transmission_hidden"]))
+        stage_blocks = data.get("stage_blocks")
+        return cls(stages=int(data["stages"]), stage=StageConfig(**stage), transmission_hidden=int(data["transmission_hidden"]),
+                   stage_blocks=None if stage_blocks is None else tuple(tuple(b) for b in stage_blocks))
 
 
 class STSCascade(nn.Module):
@@ -65,8 +89,9 @@ class STSCascade(nn.Module):
     def __init__(self, config: CascadeConfig) -> None:
         super().__init__()
         stage_config = StageConfig(**{**asdict(config.stage), "in_channels": IMAGE_CHANNELS + PRIOR_CHANNELS})
-        self.config = CascadeConfig(stages=config.stages, stage=stage_config, transmission_hidden=config.transmission_hidden)
-        self.stages = nn.ModuleList(StageNet(stage_config) for _ in range(config.stages))
+        self.config = CascadeConfig(stages=config.stages, stage=stage_config, transmission_hidden=config.transmission_hidden,
+                                    stage_blocks=config.stage_blocks)
+        self.stages = nn.ModuleList(StageNet(self.config.stage_config(i)) for i in range(config.stages))
         # C_T for stages 1..n-1 (stage 0 gets zeros)
         self.transmissions = nn.ModuleList(
             PriorTransmission(hidden=config.transmission_hidden) for _ in range(config.stages - 1)

@@ -43,10 +43,18 @@ class TrainingCase:
     weights: np.ndarray
     meta: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict, repr=False, compare=False)  # in memory only (not saved)
+    skeleton: np.ndarray | None = field(default=None, repr=False, compare=False)  # see centrelines()
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.labels.shape)
+
+    def centrelines(self) -> np.ndarray:
+        """(Z, Y, X) uint8 tubed centrelines of the labels (0, 1 artery, 2 vein), the targets of
+        the Skeleton Recall loss; computed on first use and kept (and saved with the case)."""
+        if self.skeleton is None:
+            self.skeleton = tubed_skeleton(self.labels)
+        return self.skeleton
 
     def save(self, path: str | os.PathLike) -> None:
         from hipas_core.atomic import atomic_path
@@ -55,7 +63,7 @@ class TrainingCase:
             np.savez_compressed(
                 handle, image=self.image, labels=self.labels, levels=self.levels, lungs=self.lungs,
                 territory=self.territory, weights=self.weights, name=np.array(self.name),
-                meta=np.array(repr(self.meta)),
+                meta=np.array(repr(self.meta)), **({} if self.skeleton is None else {"skeleton": self.skeleton}),
             )
 
     @classmethod
@@ -67,7 +75,27 @@ class TrainingCase:
                 name=str(data["name"]), image=data["image"], labels=data["labels"], levels=data["levels"],
                 lungs=data["lungs"], territory=data["territory"], weights=data["weights"],
                 meta=ast.literal_eval(str(data["meta"])),
+                skeleton=data["skeleton"] if "skeleton" in data.files else None,
             )
+
+
+def tubed_skeleton(labels: np.ndarray) -> np.ndarray:
+    """Centrelines of each tree of ``labels`` ((Z, Y, X) 0/1 artery/2 vein), thickened by one voxel
+    along each axis (6-neighbourhood), as the Skeleton Recall loss uses them ("tubed" skeletons:
+    a one-voxel line is too thin a target once patches are resampled or augmented).
+    Returns (Z, Y, X) uint8 with the tree's label on its tube, which stays inside the tree."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    cross = ndimage.generate_binary_structure(3, 1)
+    for tree in (1, 2):
+        mask = labels == tree
+        if not mask.any():
+            continue
+        tube = ndimage.binary_dilation(skeletonize(mask), structure=cross) & mask
+        out[tube] = tree
+    return out
 
 
 def level_territories(levels: np.ndarray, *, spacing: Sequence[float] = STANDARD_SPACING) -> np.ndarray:
@@ -289,6 +317,7 @@ def synthetic_ncct_case(
         labels=case.labels,
         levels=case.levels, lungs=case.lungs, territory=case.territory, weights=case.weights,
         meta={**case.meta, "protocol": "synthetic-ncct", "source_protocol": case.meta.get("protocol")},
+        skeleton=case.skeleton,
     )
 
 

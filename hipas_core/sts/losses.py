@@ -107,6 +107,19 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, eps: float = EPS) -
     return 1 - dice.mean()
 
 
+def skeleton_recall_loss(logits: torch.Tensor, skeleton: torch.Tensor, *, eps: float = EPS) -> torch.Tensor:
+    """Skeleton Recall (Kirchhoff et al., ECCV 2024): ``1 - (Σ P·S + eps) / (Σ S + eps)`` per tree,
+    mean over batch and trees. ``logits`` (B, 2, Z, Y, X); ``skeleton`` (B, Z, Y, X) the tubed
+    centrelines of the targets (0 none, 1 artery, 2 vein; ``hipas_core.sts.data.tubed_skeleton``).
+    A tree with no centreline in the patch scores 1 (no loss). Only recall is charged, so thin
+    vessels the network misses cost as much per centreline voxel as thick ones."""
+    prob = torch.sigmoid(logits.float())
+    target = torch.stack([skeleton == 1, skeleton == 2], dim=1).to(prob.dtype)
+    dims = tuple(range(2, prob.ndim))
+    recall = ((prob * target).sum(dims) + eps) / (target.sum(dims) + eps)
+    return 1 - recall.mean()
+
+
 def level_weights(levels: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """w^i of eq. 15 per tree from a whole annotated scan: (2, 4) float32, w^0 = 1.
 

@@ -145,3 +145,28 @@ def count_parameters(module: nn.Module) -> int:
 def paper_stage_config(*, in_channels: int = 4) -> StageConfig:
     """The paper-width stage (base width 24; about 14.4 M parameters per stage in the paper)."""
     return StageConfig(in_channels=in_channels, width=24, blocks_per_level=(1, 1, 2, 2, 1), max_width_factor=8)
+
+
+def load_matching_weights(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Load every tensor of ``state_dict`` whose name and shape ``module`` shares; residual blocks
+    that ``state_dict`` lacks altogether start as identities (their ``fuse`` conv zeroed, so
+    ``x + fuse(...) = x``), which grows a trained network by blocks without changing what it
+    computes. Returns the names of ``module``'s parameters that were not loaded. Raises
+    ``ValueError`` when a shared name has another shape."""
+    own = module.state_dict()
+    loaded = {}
+    for name, tensor in state_dict.items():
+        if name in own:
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not fit {tuple(own[name].shape)}")
+            loaded[name] = tensor
+    module.load_state_dict(loaded, strict=False)
+    missing = [name for name in own if name not in loaded]
+    for block_name, block in module.named_modules():
+        if isinstance(block, ResidualBlock):
+            prefix = f"{block_name}." if block_name else ""
+            if all(f"{prefix}{key}" not in loaded for key in block.state_dict()):
+                with torch.no_grad():
+                    block.fuse.weight.zero_()
+                    block.fuse.bias.zero_()
+    return missing

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hipas_core.errors import InvalidInputError
 from hipas_core.sts.checkpoint import build_model, load_checkpoint, save_checkpoint
 from hipas_core.sts.data import Augmentation, TrainingCase, sample_patch
-from hipas_core.sts.losses import dice_loss, sts_stage_loss
+from hipas_core.sts.losses import dice_loss, skeleton_recall_loss, sts_stage_loss
+from hipas_core.sts.network import load_matching_weights
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage_loss not in ("paper", "dice"):
             raise ValueError(f"stage_loss must be 'paper' or 'dice', not {self.stage_loss!r}")
+        if self.lr_schedule not in ("constant", "poly"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {self.lr_schedule!r}")
     augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
     val_every: int = 50
     val_patches: int = 4
@@ -72,6 +76,16 @@ class TrainConfig:
     # 0..s-1 on every patch. Faster (one stage forward per step instead of s + 1); the cached
     # prior sees the case before patch augmentation (flips are applied to it as to the labels).
     cached_priors: bool = False
+    # weight of the Skeleton Recall loss (Kirchhoff et al., ECCV 2024) added to each trained
+    # stage's (or the baseline's) loss, on the tubed centrelines of that stage's targets (0: off)
+    skeleton_recall_weight: float = 0.0
+    # start from this checkpoint's weights (same kind; tensors matched by name, residual blocks it
+    # lacks start as identities: hipas_core.sts.network.load_matching_weights). Every stage then
+    # counts as started, so stagewise warm start never overwrites a trained stage.
+    init_from: str | None = None
+    # "constant", or "poly": lr x (1 - step / steps) ** 0.9 (nnU-Net's schedule), so the last
+    # steps refine instead of jumping around the minimum
+    lr_schedule: str = "constant"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,10 +114,12 @@ def make_batch(
         case = cases[int(rng.integers(len(cases)))]
         if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
             case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
-        extra = {"prior": prior_of(case)} if prior_of is not None else None
+        extra = {"prior": prior_of(case)} if prior_of is not None else {}
+        if config.skeleton_recall_weight:
+            extra["skeleton"] = case.centrelines()
         sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability, extra=extra)
         if augment:
-            keys = ["labels", "levels", "territory"] + (["prior"] if extra else [])
+            keys = ["labels", "levels", "territory", *extra]
             image, targets = augmentation.apply(sample["image"], [sample[k] for k in keys], rng)
             sample.update(image=image, **dict(zip(keys, targets, strict=True)))
         items.append(sample)
@@ -120,11 +136,21 @@ def _dice_and_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_weig
     return loss
 
 
+def _skeleton_recall(logits: torch.Tensor, batch: dict, config: TrainConfig, stage: int) -> torch.Tensor:
+    """config.skeleton_recall_weight x Skeleton Recall on the centrelines of the stage's targets."""
+    if not config.skeleton_recall_weight:
+        return logits.new_zeros(())
+    keep = (batch["levels"] >= 1) & (batch["levels"] <= stage + 1)
+    skeleton = torch.where(keep, batch["skeleton"], torch.zeros_like(batch["skeleton"]))
+    return config.skeleton_recall_weight * skeleton_recall_loss(logits, skeleton)
+
+
 def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stages: Sequence[int] | None = None) -> torch.Tensor:
     """The training loss of one batch (already on the model's device)."""
     if config.kind == "baseline":  # the cascade's added cross-entropy too, for a like-for-like comparison
         target = _stage_targets(batch["labels"], batch["levels"], 3)
-        return _dice_and_cross_entropy(model(batch["image"]), target, config.bce_weight)
+        logits = model(batch["image"])
+        return _dice_and_cross_entropy(logits, target, config.bce_weight) + _skeleton_recall(logits, batch, config, 3)
     if "prior" in batch:  # stagewise with cached priors: only the stage being trained runs
         (stage,) = stages
         outputs = {stage: model.forward_stage(stage, batch["image"], batch["prior"])}
@@ -133,6 +159,7 @@ def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stag
         stages = range(len(outputs)) if stages is None else stages
     loss = batch["image"].new_zeros(())
     for stage in stages:
+        loss = loss + _skeleton_recall(outputs[stage], batch, config, stage)
         if config.stage_loss == "dice":
             target = _stage_targets(batch["labels"], batch["levels"], stage)
             loss = loss + _dice_and_cross_entropy(outputs[stage], target, config.bce_weight)
@@ -223,11 +250,21 @@ def train(
         from hipas_core.sts.pretrain import load_pretrained_encoder
 
         load_pretrained_encoder(model, config.encoder_init, freeze=config.freeze_encoder)
+    step, history, elapsed_before, warm_started = 0, [], 0.0, []
+    if config.init_from:
+        initial = load_checkpoint(config.init_from)
+        if initial.get("kind") != config.kind:
+            raise InvalidInputError(f"{config.init_from}: a {initial.get('kind')} checkpoint cannot start a {config.kind}")
+        try:
+            load_matching_weights(model, initial["state_dict"])
+        except ValueError as error:
+            raise InvalidInputError(f"{config.init_from}: does not fit the model ({error})") from None
+        if config.kind == "cascade":
+            warm_started = list(range(1, len(model.stages)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step, history, elapsed_before, warm_started = 0, [], 0.0, []
     output = Path(output)
     if resume and output.is_file():
         state = load_checkpoint(output)
@@ -299,7 +336,7 @@ def train(
             # schedule that jumps over a stage still hands the trained weights on)
             for later in range(1, current + 1) if config.warm_start else ():
                 if later not in warm_started:
-                    model.stages[later].load_state_dict(model.stages[later - 1].state_dict())
+                    load_matching_weights(model.stages[later], model.stages[later - 1].state_dict())
                     warm_started.append(later)
             for index, stage_net in enumerate(model.stages):
                 stage_net.requires_grad_(index == current)
@@ -317,6 +354,9 @@ def train(
             prior_of = partial(_cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
         batch = {k: v.to(device) for k, v in make_batch(cases, config, rng, prior_of=prior_of).items()}
+        if config.lr_schedule == "poly":
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * (1 - step / config.steps) ** 0.9
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss = batch_loss(model, batch, config, stages=stages)
@@ -339,7 +379,7 @@ def train(
         # reached carry their predecessor's weights, as warm start would have given them
         for later in range(1, stage_count):
             if later not in warm_started:
-                model.stages[later].load_state_dict(model.stages[later - 1].state_dict())
+                load_matching_weights(model.stages[later], model.stages[later - 1].state_dict())
                 warm_started.append(later)
     if stopped_early and (not history or "val_dice_artery" not in history[-1]):
         val = validation_dice(model, val_batches, config)
