@@ -210,15 +210,13 @@ def _fill(lung: np.ndarray) -> np.ndarray:
     return filled
 
 
-def lung_bounding_box(ct_image, *, margin_mm: float = 5.0, threshold_hu: float = LUNG_THRESHOLD_HU):
-    """A cheap (z, y, x) tuple of slices around the lungs of a CT (``SimpleITK.Image`` in HU):
-    enclosed air on a 2x in-plane subsampled copy, components smaller than 5 % of the largest
-    dropped, padded by ``margin_mm``. Raises ``InvalidScanError`` when no lungs are found."""
+def _coarse_lungs(ct_image, threshold_hu: float) -> np.ndarray:
+    """Enclosed air on a 2x in-plane subsampled copy of a CT, components smaller than 5 % of the
+    largest dropped: (z, y/2, x/2) bool. Raises ``InvalidScanError`` when no lungs are found."""
     import cc3d
     import SimpleITK as sitk
 
     ct = sitk.GetArrayViewFromImage(ct_image)[:, ::2, ::2]
-    spacing = np.asarray(ct_image.GetSpacing()[::-1])
     candidate = _enclosed_air(ct, threshold_hu)
     labels, count = cc3d.connected_components(candidate, connectivity=6, return_N=True)
     if count == 0:
@@ -226,7 +224,17 @@ def lung_bounding_box(ct_image, *, margin_mm: float = 5.0, threshold_hu: float =
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     big = sizes >= 0.05 * sizes.max()
-    keep = big[labels]
+    return big[labels]
+
+
+def lung_bounding_box(ct_image, *, margin_mm: float = 5.0, threshold_hu: float = LUNG_THRESHOLD_HU):
+    """A cheap (z, y, x) tuple of slices around the lungs of a CT (``SimpleITK.Image`` in HU):
+    enclosed air on a 2x in-plane subsampled copy, components smaller than 5 % of the largest
+    dropped, padded by ``margin_mm``. Raises ``InvalidScanError`` when no lungs are found."""
+    import SimpleITK as sitk
+
+    keep = _coarse_lungs(ct_image, threshold_hu)
+    spacing = np.asarray(ct_image.GetSpacing()[::-1])
     step = np.array([1, 2, 2])
     pad = np.ceil(margin_mm / spacing).astype(int)
     full_shape = np.asarray(sitk.GetArrayViewFromImage(ct_image).shape)
@@ -237,6 +245,34 @@ def lung_bounding_box(ct_image, *, margin_mm: float = 5.0, threshold_hu: float =
         hi = min(int(full_shape[axis]), (hits[-1] + 1) * step[axis] + pad[axis])
         box.append(slice(int(lo), int(hi)))
     return tuple(box)
+
+
+CAVITY_MARGIN_MM = 3.0  # the hull spans the mediastinum; the margin only covers edges blurred by resampling
+
+
+def thoracic_cavity(ct_image, *, margin_mm: float = CAVITY_MARGIN_MM, threshold_hu: float = LUNG_THRESHOLD_HU) -> np.ndarray:
+    """The thoracic cavity of a CT (``SimpleITK.Image`` in HU) as a (z, y, x) bool array in its
+    grid: in every axial slice that holds lung, the convex hull of both lungs (which spans the
+    mediastinum, heart and great vessels between them), widened by ``margin_mm`` in-plane.
+    Slices without lung are empty. Pulmonary vessels lie inside it; chest wall, fat, bone and
+    the abdomen below the lungs lie outside. Raises ``InvalidScanError`` when no lungs are found."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    keep = _coarse_lungs(ct_image, threshold_hu)
+    spacing = np.asarray(ct_image.GetSpacing()[::-1], dtype=float)
+    full_shape = sitk.GetArrayViewFromImage(ct_image).shape
+    pixel = spacing[1:] * 2  # the coarse grid's in-plane spacing
+    radius = np.ceil(margin_mm / pixel).astype(int)
+    yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+    disk = (yy * pixel[0]) ** 2 + (xx * pixel[1]) ** 2 <= margin_mm**2
+    cavity = np.zeros(full_shape, dtype=bool)
+    for z in np.flatnonzero(keep.any(axis=(1, 2))):
+        hull = ndimage.binary_dilation(convex_hull_image(keep[z]), structure=disk)
+        full = np.repeat(np.repeat(hull, 2, axis=0), 2, axis=1)
+        cavity[z] = full[: full_shape[1], : full_shape[2]]
+    return cavity
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         top.error(f"unknown command {name!r} (see 'hipas --help')")
     module_name, help_line = COMMANDS[name]
+    from hipas_core.allocator import tune_allocator
+
+    tune_allocator()  # before torch or numpy allocate anything large
     module = importlib.import_module(f"hipas_core.cli.{module_name}")
     parser = argparse.ArgumentParser(prog=f"hipas {name}", description=help_line)
     module.build_parser(parser)

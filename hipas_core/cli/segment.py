@@ -38,6 +38,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, help="sliding-window overlap fraction (default: the model's)")
     parser.add_argument("--window-batch", type=int, default=1, help="windows per forward pass (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--keep-outside-cavity", action="store_true",
+                        help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
     add_scan_stage_options(parser)
 
 def _read_batch(path: str) -> list[dict]:
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
-                          overlap=args.overlap, batch_size=args.window_batch)
+                          overlap=args.overlap, batch_size=args.window_batch,
+                          confine=not args.keep_outside_cavity)
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
                             probabilities=args.probabilities, std_output=args.std_output,

@@ -4,8 +4,11 @@ Per scan: read (``hipas_core.io``), normalize to the standardized grid (or take 
 normalized CT plus its ``NormalizationRecord``), crop to the lung bounding box (with a margin),
 window HU to [0, 1], vesselness (the model's scales), the cascade stage by stage with
 sliding-window gaussian blending (stage i sees the blended probabilities of stage i-1 over the
-whole crop), probabilities mapped back to the input grid linearly, per-class thresholds, artery
-and vein made exclusive (where both pass, the larger probability wins; ties go to artery).
+whole crop), probabilities outside the thoracic cavity set to 0 (``hipas_core.lungs.thoracic_cavity``:
+the lungs' per-slice convex hull widened by 3 mm, which holds the mediastinum, heart and great
+vessels; a pulmonary vessel cannot lie elsewhere), probabilities mapped back to the input grid
+linearly, per-class thresholds, artery and vein made exclusive (where both pass, the larger
+probability wins; ties go to artery).
 CPU runs in float32; CUDA under autocast (bf16 where supported, else fp16).
 """
 
@@ -107,6 +110,7 @@ class Predictor:
     ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
     ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
     pass. A crop smaller than the window is run as one window of its own size (``fitted_window``).
+    ``confine`` (default True) removes predictions outside the thoracic cavity.
     """
 
     def __init__(
@@ -118,7 +122,9 @@ class Predictor:
         overlap: float | None = None,
         batch_size: int = 1,
         precision: str = "auto",
+        confine: bool = True,
     ) -> None:
+        self.confine = bool(confine)
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         payload = load_checkpoint(self.model_path)
         device = resolve_device(device)
@@ -197,7 +203,7 @@ class Predictor:
         ``InvalidScanError`` when no lungs are found."""
         import SimpleITK as sitk
 
-        from hipas_core.lungs import lung_bounding_box
+        from hipas_core.lungs import lung_bounding_box, thoracic_cavity
         from hipas_core.normalize import normalize_ct, to_input_grid, window
 
         timings: dict = {}
@@ -216,6 +222,10 @@ class Predictor:
             raise InvalidScanError(f"{source}: {error}") from None
         crop = window(sitk.GetArrayViewFromImage(standard)[box])
         probs_crop = self.predict_probabilities(crop, timings=timings)
+        if self.confine:
+            started = time.perf_counter()
+            probs_crop *= thoracic_cavity(standard)[box]
+            timings["cavity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         full_shape = sitk.GetArrayViewFromImage(standard).shape
         channels = []

@@ -32,3 +32,19 @@ def test_missing_input_gives_one_line_and_exit_2(tmp_path, hipas):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and str(missing) in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_allocator_tuning_is_applied_unless_the_user_chose_or_declined(monkeypatch):
+    from hipas_core.allocator import tune_allocator
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("HIPAS_MALLOC_TUNING", "0")
+    assert tune_allocator() is False
+    monkeypatch.setenv("HIPAS_MALLOC_TUNING", "1")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert tune_allocator() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    import platform
+
+    assert tune_allocator() is (platform.libc_ver()[0] == "glibc")

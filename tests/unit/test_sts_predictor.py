@@ -174,3 +174,45 @@ def test_calibrate_thresholds_picks_the_threshold_that_reproduces_the_truth_in_t
         # pooled over scans: the same scan twice gives the same answer
         assert calibrate_thresholds(predictor, [(ct, truth), (ct, truth)], grid=grid)[tree] == grid[1]
     assert max(THRESHOLD_GRID) == 0.99 and list(THRESHOLD_GRID) == sorted(set(THRESHOLD_GRID))
+
+
+def test_predictions_outside_the_thoracic_cavity_are_removed(tiny_model):
+    """A model whose last stage says "vessel" everywhere: confined, nothing is left outside the
+    cavity (chest wall, air around the body) and the lungs keep their labels."""
+    from hipas_core.lungs import thoracic_cavity
+
+    torch.set_num_threads(1)
+    image = tiny_chest()
+    flooding = Predictor(tiny_model)
+    with torch.no_grad():
+        head = flooding.model.stages[-1].head
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([5.0, -5.0]))  # artery probability 0.99 everywhere
+    confined = sitk.GetArrayFromImage(flooding.segment(image).labels)
+    flooding.confine = False
+    everywhere = sitk.GetArrayFromImage(flooding.segment(image).labels)
+    cavity = thoracic_cavity(image)
+    # confinement acts in the standardized grid; mapped back to these coarser voxels its edge
+    # moves by up to about one voxel
+    allowance = thoracic_cavity(image, margin_mm=6.0)
+    ct = sitk.GetArrayFromImage(image)
+    assert everywhere[~allowance].sum() > 1000  # the flood reaches beyond the cavity without confinement
+    assert not confined[~allowance].any() and (confined[~cavity] > 0).sum() < 0.05 * (confined > 0).sum()
+    lungs = ct < -500
+    assert (confined[lungs & cavity] == 1).mean() > 0.9  # (the edges are lost to resampling)
+    assert not cavity[:, 0, :].any()  # the image border lies outside the body
+
+
+def test_thoracic_cavity_spans_the_mediastinum_and_holds_every_phantom_vessel():
+    from hipas_core.lungs import thoracic_cavity
+    from hipas_core.phantom import PhantomSpec, generate_phantom
+
+    phantom = generate_phantom(PhantomSpec.from_seed(3, size="small"))
+    cavity = thoracic_cavity(phantom.ct)
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    lungs = sitk.GetArrayFromImage(phantom.lungs) > 0
+    assert cavity[labels > 0].all()  # the heart's and mediastinum's vessels too, not only the lungs'
+    assert (labels[~lungs] > 0).sum() > 1000  # (there are many of those)
+    tissue = (sitk.GetArrayFromImage(phantom.ct) > -500) & (labels == 0)
+    assert not cavity[:, :, :3].any() and not cavity[:, :3, :].any()
+    assert (tissue & cavity).sum() < 0.4 * tissue.sum()  # most of the chest wall, fat and bone lie outside
