@@ -80,15 +80,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def exclusive_labels(probabilities: np.ndarray, thresholds=(0.5, 0.5)) -> np.ndarray:
-    """(2, ...) artery/vein probabilities -> uint8 labels (0 bg, 1 artery, 2 vein), exclusive."""
-    artery = probabilities[0] > thresholds[0]
-    vein = probabilities[1] > thresholds[1]
-    both = artery & vein
-    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+def exclusive_labels(probabilities, thresholds=(0.5, 0.5)) -> np.ndarray:
+    """(2, ...) artery/vein probabilities (an array, or a pair of equal-shape arrays) -> uint8
+    labels (0 bg, 1 artery, 2 vein), exclusive."""
+    artery_p, vein_p = probabilities[0], probabilities[1]
+    artery = artery_p > thresholds[0]
+    vein = vein_p > thresholds[1]
+    labels = np.zeros(artery.shape, dtype=np.uint8)
     labels[artery] = 1
     labels[vein] = 2
-    labels[both & (probabilities[0] >= probabilities[1])] = 1
+    vein &= artery  # where both pass
+    vein &= artery_p >= vein_p
+    labels[vein] = 1
     return labels
 
 
@@ -228,18 +231,24 @@ class Predictor:
             timings["cavity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         full_shape = sitk.GetArrayViewFromImage(standard).shape
-        channels = []
-        standard_probs = np.zeros((2, *full_shape), dtype=np.float32)
-        standard_probs[(slice(None), *box)] = probs_crop
-        for channel in range(2):
-            image = sitk.GetImageFromArray(standard_probs[channel])
-            image.CopyInformation(standard)
-            channels.append(to_input_grid(image, record, interpolation="linear"))
-        standard_labels = sitk.GetImageFromArray(exclusive_labels(standard_probs, self.thresholds))
+        standard_array = np.zeros(full_shape, dtype=np.uint8)
+        standard_array[box] = exclusive_labels(probs_crop, self.thresholds)
+        standard_labels = sitk.GetImageFromArray(standard_array)
         standard_labels.CopyInformation(standard)
-        del standard_probs
-        probs_input = np.stack([sitk.GetArrayFromImage(c) for c in channels])
-        labels = sitk.GetImageFromArray(exclusive_labels(probs_input, self.thresholds))
+        del standard_array
+        # only the crop is mapped back (outside it every probability is 0): the standardized
+        # grid of a full-size scan never holds a float copy of its own
+        crop_origin = standard.TransformIndexToPhysicalPoint(tuple(int(b.start) for b in box[::-1]))
+        channels = []
+        for channel in range(2):
+            image = sitk.GetImageFromArray(probs_crop[channel])
+            image.SetSpacing(standard.GetSpacing())
+            image.SetDirection(standard.GetDirection())
+            image.SetOrigin(crop_origin)
+            channels.append(to_input_grid(image, record, interpolation="linear"))
+        del probs_crop
+        labels = sitk.GetImageFromArray(
+            exclusive_labels([sitk.GetArrayViewFromImage(c) for c in channels], self.thresholds))
         labels.CopyInformation(channels[0])
         prob_image = None
         if probabilities:
