@@ -48,7 +48,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidInputError(f"{path}: model checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
     except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
         raise InvalidInputError(f"{path}: not a readable model checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

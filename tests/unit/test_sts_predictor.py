@@ -216,3 +216,29 @@ def test_thoracic_cavity_spans_the_mediastinum_and_holds_every_phantom_vessel():
     tissue = (sitk.GetArrayFromImage(phantom.ct) > -500) & (labels == 0)
     assert not cavity[:, :, :3].any() and not cavity[:, :3, :].any()
     assert (tissue & cavity).sum() < 0.4 * tissue.sum()  # most of the chest wall, fat and bone lie outside
+
+
+class _PlantedCode:
+    """Unpickling this object would run ``touch MARKER`` (what a hostile model file could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["segment", "super-resolve"])
+def test_a_model_file_that_carries_code_is_refused_without_running_it(tmp_path, hipas, command):
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": "hipas-sts/1", "kind": "cascade", "payload": _PlantedCode(marker)}, hostile)
+    ct = tmp_path / "ct.nii.gz"
+    write_image(ct, tiny_chest(spacing_zyx=(5.0, 1.4, 1.3)))  # thick: super-resolve needs its model
+    out = tmp_path / "out.nii.gz"
+    result = hipas(command, "-i", ct, "-o", out, "--model", hostile)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "hostile.pt" in result.stderr
+    assert not marker.exists() and not out.exists()
