@@ -40,6 +40,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--keep-outside-cavity", action="store_true",
                         help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
+    parser.add_argument("--branch-consistent", action=argparse.BooleanOptionalAction, default=None,
+                        help="one class per skeleton branch (default: as the model's card says)")
     add_scan_stage_options(parser)
 
 def _read_batch(path: str) -> list[dict]:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch,
-                          confine=not args.keep_outside_cavity)
+                          confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent)
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
                             probabilities=args.probabilities, std_output=args.std_output,

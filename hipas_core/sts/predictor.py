@@ -114,6 +114,10 @@ class Predictor:
     ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
     pass. A crop smaller than the window is run as one window of its own size (``fitted_window``).
     ``confine`` (default True) removes predictions outside the thoracic cavity.
+    ``branch_consistent`` (default: the checkpoint's ``inference["branch_consistent"]``, else
+    False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``): where a
+    branch's voxels change class, their artery and vein probabilities are swapped, so the labels
+    in both grids follow.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Predictor:
         batch_size: int = 1,
         precision: str = "auto",
         confine: bool = True,
+        branch_consistent: bool | None = None,
     ) -> None:
         self.confine = bool(confine)
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -142,6 +147,8 @@ class Predictor:
             raise InvalidInputError(f"window {self.window} must be multiples of {SIZE_MULTIPLE}")
         self.overlap = float(inference.get("overlap", 0.25) if overlap is None else overlap)
         self.thresholds = tuple(float(t) for t in inference.get("thresholds", (0.5, 0.5)))
+        self.branch_consistent = bool(inference.get("branch_consistent", False) if branch_consistent is None
+                                      else branch_consistent)
         self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", (0.7, 1.5)))
         self.batch_size = int(batch_size)
         if precision == "auto":
@@ -229,6 +236,14 @@ class Predictor:
             started = time.perf_counter()
             probs_crop *= thoracic_cavity(standard)[box]
             timings["cavity_s"] = time.perf_counter() - started
+        if self.branch_consistent:
+            from hipas_core.sts.branch_labels import branch_consistent_labels
+
+            started = time.perf_counter()
+            voxel_labels = exclusive_labels(probs_crop, self.thresholds)
+            flipped = (branch_consistent_labels(probs_crop, voxel_labels) != voxel_labels) & (voxel_labels > 0)
+            probs_crop[0][flipped], probs_crop[1][flipped] = probs_crop[1][flipped], probs_crop[0][flipped]
+            timings["branches_s"] = time.perf_counter() - started
         started = time.perf_counter()
         full_shape = sitk.GetArrayViewFromImage(standard).shape
         standard_array = np.zeros(full_shape, dtype=np.uint8)
