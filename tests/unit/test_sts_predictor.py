@@ -155,6 +155,25 @@ def test_export_for_inference_sets_window_thresholds_and_drops_training_state(ti
     assert "optimizer" not in payload and "rng" not in payload
     predictor = Predictor(out, device="auto")
     assert predictor.window == (32, 48, 48) and predictor.thresholds == (0.4, 0.55)
+    assert predictor.branch_consistent is False  # off unless the checkpoint says so
+    export_for_inference(tiny_model, out, branch_consistent=True)
+    assert Predictor(out).branch_consistent is True and Predictor(out, branch_consistent=False).branch_consistent is False
+
+
+def test_branch_consistent_predictor_keeps_the_vessel_mask(tiny_model):
+    torch.set_num_threads(1)
+    image = tiny_chest()
+    plain, branched = Predictor(tiny_model, branch_consistent=False), Predictor(tiny_model, branch_consistent=True)
+    for predictor in (plain, branched):
+        with torch.no_grad():  # both classes pass their threshold everywhere (artery slightly higher)
+            head = predictor.model.stages[-1].head
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([0.3, 0.2]))
+    a, b = plain.segment(image), branched.segment(image)
+    assert "branches_s" not in a.timings and "branches_s" in b.timings
+    vessels = sitk.GetArrayFromImage(a.standard_labels) > 0
+    assert vessels.any()
+    assert np.array_equal(vessels, sitk.GetArrayFromImage(b.standard_labels) > 0)
 
 
 def test_calibrate_thresholds_picks_the_threshold_that_reproduces_the_truth_in_the_input_grid(tiny_model):
