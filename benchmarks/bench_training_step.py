@@ -1,13 +1,15 @@
 """Seconds per optimizer step of stage-wise cascade training: frozen stages rerun on every patch
 (the obvious way) against their prior map read from the per-case cache (``--cached-priors``).
 
-One cached phantom case (``results/sts_cache``, made by ``hipas train`` or
-``hipas_core.sts.data.phantom_case``), the demo stage (width 8, blocks 0 0 1 1 1), dice stage
+One phantom case (``--case`` NPZ, or small phantom seed 1 prepared with
+``hipas_core.sts.data.phantom_case`` into ``results/sts_cache`` when absent, as ``hipas train``
+does), the demo stage (width 8, blocks ``--blocks``, default 0 0 1 1 1), dice stage
 loss with cross-entropy, Adam. For each stage s >= 1: ``--warmup`` steps, then the median of
 ``--steps`` timed steps, each way, in the same process; the one-off cost of filling the cache
 (the frozen stages over the whole crop) is printed separately.
 
     .venv/bin/python benchmarks/bench_training_step.py [--patch 48 96 96] [--threads 2] [--steps 8]
+                                                       [--blocks 1 1 1 1 1] [--case CASE.npz]
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", type=Path, default=REPO / "results" / "sts_cache" / "phantom-1-ncct-seedmm-v0.7-1.5.npz")
+    parser.add_argument("--case", type=Path, help="a prepared case (.npz); default: small phantom 1, prepared once")
+    parser.add_argument("--blocks", type=int, nargs=5, default=(0, 0, 1, 1, 1), help="residual blocks per resolution")
     parser.add_argument("--patch", type=int, nargs=3, default=(48, 96, 96))
     parser.add_argument("--window", type=int, nargs=3, default=(160, 192, 224))
     parser.add_argument("--threads", type=int, default=2)
@@ -37,14 +40,15 @@ def main() -> int:
 
     from hipas_core.sts.cascade import CascadeConfig
     from hipas_core.sts.checkpoint import build_model
-    from hipas_core.sts.data import TrainingCase
+    from hipas_core.sts.data import TrainingCase, phantom_case
     from hipas_core.sts.network import StageConfig
     from hipas_core.sts.training import TrainConfig, _cached_prior, batch_loss, make_batch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    case = TrainingCase.load(args.case)
-    model_config = CascadeConfig(stage=StageConfig(width=8, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
+    case = (TrainingCase.load(args.case) if args.case
+            else phantom_case(1, protocol="ncct", cache_dir=REPO / "results" / "sts_cache"))
+    model_config = CascadeConfig(stage=StageConfig(width=8, blocks_per_level=tuple(args.blocks))).to_dict()
     model = build_model("cascade", model_config)
     config = TrainConfig(model_config=model_config, patch=tuple(args.patch), mode="stagewise", stage_loss="dice",
                          bce_weight=1.0, lr=1e-3, inference_window=tuple(args.window))
