@@ -62,6 +62,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skeleton-recall-weight", type=float, default=0.0, metavar="W",
                         help="add W x Skeleton Recall (Kirchhoff et al. 2024) on the tubed centrelines of the targets "
                         "(default 0: off)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last 3D memory format for weights and batches (faster steps on CPUs)")
     parser.add_argument("--init-from", metavar="CKPT",
                         help="start from this checkpoint's weights (matched by name; residual blocks it lacks start "
                         "as identities); every stage counts as trained, so stagewise warm start keeps them")
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct},
         skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule, channels_last=args.channels_last,
     )
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
                     resume=args.resume, progress=not args.no_progress)
