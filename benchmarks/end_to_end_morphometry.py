@@ -2,7 +2,9 @@
 
 For each held-out phantom (default seeds 1001-1016, ``hipas_core.sts.data.phantom_plan``: odd
 NCCT, even CTPA, the first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slices) the chain the
-workflow runs, in one process: normalize (``normalize_ct``: the record of ``hipas normalize``),
+workflow runs, in one process: normalize (``normalize_ct``: the record of ``hipas normalize``;
+slices thicker than 2 mm through the I2SR model of ``config/config.yaml`` as the workflow does,
+or trilinear with ``--i2sr-model none``, as ``hipas segment`` alone does),
 segment the normalized CT with that record (``Predictor.segment``, as ``hipas segment --record
 --std-output``), lungs on the normalized CT (threshold method, as ``rules/measure.smk``), and
 morphometry of the standardized-grid labels (``morphometry_row``). Each figure is compared with
@@ -13,6 +15,7 @@ morphometry itself makes.
 
     .venv/bin/python benchmarks/end_to_end_morphometry.py [--model models/sts-demo.pt]
         [--seeds 1001-1016] [--work results/sts_heldout] [--threads 1] [--csv OUT.csv]
+        [--i2sr-model models/i2sr-demo.pt | none]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> int:
     parser.add_argument("--work", default=str(REPO / "results" / "sts_heldout"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csv", help="write the per-scan errors here")
+    parser.add_argument("--i2sr-model", default=str(REPO / "models" / "i2sr-demo.pt"),
+                        help="I2SR for slices > 2 mm, as the workflow (default); 'none': trilinear")
     args = parser.parse_args()
 
     import pandas as pd
@@ -53,13 +58,18 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device="cpu")
+    i2sr = None
+    if args.i2sr_model != "none":
+        from hipas_core.i2sr import load_model
+
+        i2sr = load_model(args.i2sr_model)
     rows = []
     for seed, protocol, thickness in phantom_plan(parse_seeds(args.seeds)):
         folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = json.loads((folder / "truth.json").read_text())
         ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
         started = time.perf_counter()
-        standard, record = normalize_ct(ct)
+        standard, record = normalize_ct(ct, i2sr_model=i2sr)
         segmentation = predictor.segment(standard, record=record)
         lungs = threshold_lungs(standard)
         measured, _ = morphometry_row(segmentation.standard_labels, lungs, scan_id=f"phantom-{seed}")
@@ -79,8 +89,8 @@ def main() -> int:
     frame = pd.DataFrame(rows)
     if args.csv:
         frame.to_csv(args.csv, index=False)
-    print(f"\nmodel {Path(args.model).name}, {len(frame)} phantoms: relative error of the segmentation's "
-          "figures (truth-label figures in brackets)")
+    print(f"\nmodel {Path(args.model).name}, I2SR {Path(args.i2sr_model).name}, {len(frame)} phantoms: relative "
+          "error of the segmentation's figures (truth-label figures in brackets)")
     print("| figure | slices | mean | worst | within 10 % |")
     print("| --- | --- | --- | --- | --- |")
     for column in [c for c, _, _ in FIGURES] + ["lung_volume_ml"]:
