@@ -1,36 +1,49 @@
-"""glibc allocator settings for large-tensor workloads, applied once at ``hipas`` start-up.
+"""glibc allocator settings for large-tensor workloads, applied when ``hipas`` starts.
 
-With glibc's defaults every tensor larger than the (dynamic, at most 32 MB) mmap threshold is
-mapped fresh from the kernel and unmapped again when freed, and the top of the heap is trimmed
-back after every large free; a 3D network allocates and frees such blocks for every layer, so
-each allocation pays its page faults again. On this project's CPU a `hipas segment` run spent as
-much time in the kernel as in user space (`benchmarks/bench_segment_cpu.py`). Raising both
-thresholds keeps freed blocks in the heap for reuse. ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` in the environment (the user's own choice) take precedence, and
-``HIPAS_MALLOC_TUNING=0`` turns the settings off.
+With glibc's defaults every block larger than the (dynamic, at most 32 MB) mmap threshold is
+mapped fresh from the kernel and unmapped when freed, and the top of the heap is trimmed after
+large frees; a 3D network allocates and frees such blocks for every layer, so each allocation
+pays its page faults again (a `hipas segment` run on a full-size phantom spent as much time in
+the kernel as in user space). Raising both thresholds keeps freed blocks in the heap for reuse:
+the same run took half the wall time with identical labels (`benchmarks/bench_segment_cpu.py`).
+
+glibc reads these settings from the environment only when a process starts, and ``mallopt``
+cannot raise the trim threshold past 2 GiB, so the ``hipas`` command re-executes itself once
+with ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set. Values the user set already
+are kept, ``HIPAS_MALLOC_TUNING=0`` turns this off, and other C libraries are left alone.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
 
-M_TRIM_THRESHOLD = -1  # glibc malloc.h
-M_MMAP_THRESHOLD = -3
-THRESHOLD_BYTES = 1 << 30  # blocks up to 1 GiB come from (and return to) the heap
+SETTINGS = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 30),  # blocks up to 4 GiB come from (and return to) the heap
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),  # the heap top is given back only past 64 GiB free
+}
 
 
-def tune_allocator() -> bool:
-    """Raise glibc's mmap and trim thresholds to ``THRESHOLD_BYTES``; returns whether they were set
-    (False off glibc, when ``HIPAS_MALLOC_TUNING=0``, or when the environment already sets them)."""
-    if os.environ.get("HIPAS_MALLOC_TUNING", "1") == "0":
-        return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment to restart with, or None when there is nothing to do: not glibc,
+    ``HIPAS_MALLOC_TUNING=0``, or a ``MALLOC_*_THRESHOLD_`` variable already set."""
+    if environ.get("HIPAS_MALLOC_TUNING", "1") == "0" or any(k in environ for k in SETTINGS):
+        return None
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    return {**environ, **SETTINGS}
+
+
+def restart_with_tuned_allocator(argv: Sequence[str] | None = None) -> None:
+    """Re-execute this Python program (``argv``, default ``sys.argv``) with the tuned environment;
+    returns without doing anything when ``tuned_environment`` says so or the program is not a
+    file that Python can run again (``python -c``, an interactive session)."""
+    argv = list(sys.argv if argv is None else argv)
+    environment = tuned_environment(os.environ)
+    if environment is None or not argv or not os.path.isfile(argv[0]):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *argv], environment)

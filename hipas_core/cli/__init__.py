@@ -48,6 +48,10 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # started as the ``hipas`` command (not called from Python with arguments)
+        from hipas_core.allocator import restart_with_tuned_allocator
+
+        restart_with_tuned_allocator()  # at most once; before torch or numpy allocate anything
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
@@ -62,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         top.error(f"unknown command {name!r} (see 'hipas --help')")
     module_name, help_line = COMMANDS[name]
-    from hipas_core.allocator import tune_allocator
-
-    tune_allocator()  # before torch or numpy allocate anything large
     module = importlib.import_module(f"hipas_core.cli.{module_name}")
     parser = argparse.ArgumentParser(prog=f"hipas {name}", description=help_line)
     module.build_parser(parser)

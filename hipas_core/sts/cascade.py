@@ -134,15 +134,21 @@ def cascade_probabilities(
     the last stage); ``on_stage(index)`` is called after each stage (timings).
     """
     last = len(model.stages) - 1 if last_stage is None else int(last_stage)
+    # one buffer holds the image and the latest prior (filled in place), instead of a new
+    # concatenated copy of both for every stage
+    source = image.new_empty((IMAGE_CHANNELS + PRIOR_CHANNELS, *image.shape[1:]))
+    source[:IMAGE_CHANNELS] = image
     prior = None
     for index in range(last + 1):
-        source = image if prior is None else torch.cat([image, prior])
 
         def run(x: torch.Tensor, index: int = index) -> torch.Tensor:
             img, pri = x[:, :IMAGE_CHANNELS], (x[:, IMAGE_CHANNELS:] if x.shape[1] > IMAGE_CHANNELS else None)
             return torch.sigmoid(model.forward_stage(index, img, pri).float())
 
-        prior = slide(run, source)
+        prior = slide(run, source[:IMAGE_CHANNELS] if index == 0 else source)
+        if index < last:
+            source[IMAGE_CHANNELS:] = prior
+            del prior
         if on_stage is not None:
             on_stage(index)
     return prior

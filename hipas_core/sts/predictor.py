@@ -188,6 +188,7 @@ class Predictor:
         volume = torch.from_numpy(np.ascontiguousarray(ct_window, dtype=np.float32)).to(self.device)
         enhanced = vesselness(volume, spacing=STANDARD_SPACING, sigmas_mm=self.vesselness_sigmas_mm)
         image = torch.stack([volume, enhanced])
+        del volume, enhanced  # (the caller may hand over its only reference to ct_window too)
         timings["vesselness_s"] = time.perf_counter() - started
         return self.probabilities_from_channels(image, timings=timings)
 
@@ -246,8 +247,7 @@ class Predictor:
             box = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM)
         except InvalidScanError as error:
             raise InvalidScanError(f"{source}: {error}") from None
-        crop = window(sitk.GetArrayViewFromImage(standard)[box])
-        probs_crop = self.predict_probabilities(crop, timings=timings)
+        probs_crop = self.predict_probabilities(window(sitk.GetArrayViewFromImage(standard)[box]), timings=timings)
         if self.confine:
             started = time.perf_counter()
             probs_crop *= thoracic_cavity(standard)[box]

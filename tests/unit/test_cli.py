@@ -34,17 +34,32 @@ def test_missing_input_gives_one_line_and_exit_2(tmp_path, hipas):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_allocator_tuning_is_applied_unless_the_user_chose_or_declined(monkeypatch):
-    from hipas_core.allocator import tune_allocator
-
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    monkeypatch.setenv("HIPAS_MALLOC_TUNING", "0")
-    assert tune_allocator() is False
-    monkeypatch.setenv("HIPAS_MALLOC_TUNING", "1")
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
-    assert tune_allocator() is False
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+def test_allocator_settings_unless_the_user_chose_or_declined():
     import platform
 
-    assert tune_allocator() is (platform.libc_ver()[0] == "glibc")
+    from hipas_core.allocator import SETTINGS, tuned_environment
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    tuned = tuned_environment({"PATH": "/bin"})
+    assert (tuned == {"PATH": "/bin", **SETTINGS}) if glibc else tuned is None
+    assert tuned_environment({"HIPAS_MALLOC_TUNING": "0"}) is None
+    assert tuned_environment({"MALLOC_TRIM_THRESHOLD_": "1000000"}) is None  # the user's own choice stays
+
+
+def test_the_hipas_command_runs_with_the_tuned_allocator(tmp_path, hipas, monkeypatch):
+    """The console script restarts itself once with the settings (glibc reads them at start-up)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator settings apply to glibc only")
+    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "HIPAS_MALLOC_TUNING"):
+        monkeypatch.delenv(key, raising=False)
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, sys\nfrom hipas_core.allocator import restart_with_tuned_allocator\n"
+                     "restart_with_tuned_allocator()\nprint(os.environ.get('MALLOC_TRIM_THRESHOLD_'), len(sys.argv))\n")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(probe), "x"], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(64 << 30), "2"]
+    assert hipas("--version").returncode == 0
