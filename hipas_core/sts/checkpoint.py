@@ -72,12 +72,13 @@ def export_for_inference(
     overlap: float | None = None,
     half: bool = False,
     branch_consistent: bool | None = None,
+    branch_coupling: float | None = None,
 ) -> None:
     """Copy a training checkpoint without optimizer and RNG state (weights as float32, or
     float16 with ``half`` to halve the file; loading casts them back to the model's float32),
     optionally with per-class thresholds (artery, vein) chosen on validation data, a new
     inference window (z, y, x) / overlap, and whether the predictor makes the labels
-    branch-consistent by default (``hipas_core.sts.branch_labels``)."""
+    branch-consistent by default, and with which coupling (``hipas_core.sts.branch_labels``)."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
     if half:
@@ -93,5 +94,7 @@ def export_for_inference(
         inference["overlap"] = float(overlap)
     if branch_consistent is not None:
         inference["branch_consistent"] = bool(branch_consistent)
+    if branch_coupling is not None:
+        inference["branch_coupling"] = float(branch_coupling)
     payload["inference"] = inference
     save_checkpoint(destination, payload)

@@ -131,7 +131,8 @@ class Predictor:
     pass. A crop smaller than the window is run as one window of its own size (``fitted_window``).
     ``confine`` (default True) removes predictions outside the thoracic cavity.
     ``branch_consistent`` (default: the checkpoint's ``inference["branch_consistent"]``, else
-    False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``): where a
+    False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``, with
+    ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
     in both grids follow.
     """
@@ -147,6 +148,7 @@ class Predictor:
         precision: str = "auto",
         confine: bool = True,
         branch_consistent: bool | None = None,
+        branch_coupling: float | None = None,
     ) -> None:
         self.confine = bool(confine)
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -165,6 +167,8 @@ class Predictor:
         self.thresholds = tuple(float(t) for t in inference.get("thresholds", (0.5, 0.5)))
         self.branch_consistent = bool(inference.get("branch_consistent", False) if branch_consistent is None
                                       else branch_consistent)
+        self.branch_coupling = float(inference.get("branch_coupling", 0.0) if branch_coupling is None
+                                     else branch_coupling)
         self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", (0.7, 1.5)))
         self.batch_size = int(batch_size)
         if precision == "auto":
@@ -257,7 +261,8 @@ class Predictor:
 
             started = time.perf_counter()
             voxel_labels = exclusive_labels(probs_crop, self.thresholds)
-            flipped = (branch_consistent_labels(probs_crop, voxel_labels) != voxel_labels) & (voxel_labels > 0)
+            consistent = branch_consistent_labels(probs_crop, voxel_labels, coupling=self.branch_coupling)
+            flipped = (consistent != voxel_labels) & (voxel_labels > 0)
             probs_crop[0][flipped], probs_crop[1][flipped] = probs_crop[1][flipped], probs_crop[0][flipped]
             timings["branches_s"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -39,3 +39,37 @@ def test_a_branch_the_network_confidently_calls_vein_stays_vein():
 def test_empty_labels_stay_empty():
     empty = np.zeros((8, 8, 8), np.uint8)
     assert not branch_consistent_labels(np.zeros((2, 8, 8, 8)), empty).any()
+
+
+def y_tree(shape=(24, 48, 64)):
+    """An artery trunk along x that forks into two children (a Y), radius about 2 voxels."""
+    z, y, x = np.indices(shape)
+    trunk = ((z - 12) ** 2 + (y - 24) ** 2 <= 4) & (x < 30)
+    upper = ((z - 12) ** 2 + (y - 24 - (x - 30) * 0.8) ** 2 <= 4) & (x >= 30) & (x < 55)
+    lower = ((z - 12) ** 2 + (y - 24 + (x - 30) * 0.8) ** 2 <= 4) & (x >= 30) & (x < 55)
+    return trunk, upper, lower
+
+
+def test_coupling_keeps_a_weakly_misread_child_in_its_tree():
+    trunk, upper, lower = y_tree()
+    labels = np.zeros(trunk.shape, np.uint8)
+    labels[trunk | upper] = 1
+    labels[lower] = 2  # the network calls one child vein, by a small margin
+    pa = np.where(trunk | upper, 0.9, np.where(lower, 0.45, 0.0))
+    pv = np.where(trunk | upper, 0.1, np.where(lower, 0.55, 0.0))
+    alone = branch_consistent_labels((pa, pv), labels)
+    assert (alone[lower] == 2).mean() > 0.8  # per branch: the child's own evidence decides
+    coupled = branch_consistent_labels((pa, pv), labels, coupling=1.0)
+    assert (coupled[trunk | upper | lower] == 1).mean() > 0.95
+    assert np.array_equal(coupled > 0, labels > 0)
+
+
+def test_coupling_does_not_merge_a_confident_vein_into_the_artery_it_touches():
+    trunk, upper, lower = y_tree()
+    labels = np.zeros(trunk.shape, np.uint8)
+    labels[trunk | upper] = 1
+    labels[lower] = 2
+    pa = np.where(trunk | upper, 0.9, np.where(lower, 0.02, 0.0))
+    pv = np.where(trunk | upper, 0.1, np.where(lower, 0.98, 0.0))
+    coupled = branch_consistent_labels((pa, pv), labels, coupling=0.3)
+    assert (coupled[lower] == 2).mean() > 0.8 and (coupled[trunk | upper] == 1).mean() > 0.9
