@@ -4,7 +4,7 @@ validation phantoms (default 501-508, never used for training: odd NCCT, even CT
 and 505-508 thick slices; written once to results/sts_validation), segmented as `hipas segment`
 does and scored in their own grid (``hipas_core.sts.predictor.calibrate_thresholds``). At those
 thresholds the pooled validation Dice is measured per voxel and with branch-consistent labels
-(``hipas_core.sts.branch_labels``) at couplings 0, 0.1, 0.3 and 1; the model's default is the
+(``hipas_core.sts.branch_labels``) at parent couplings 0, 0.3, 1, 3 and 10; the model's default is the
 setting with the highest mean of the artery and vein Dice (the network runs once per phantom for
 all of them).
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ((False, 0.0), (True, 0.0), (True, 0.1), (True, 0.3), (True, 1.0))  # (branch-consistent, coupling)
+VARIANTS = ((False, 0.0), (True, 0.0), (True, 0.3), (True, 1.0), (True, 3.0), (True, 10.0))  # (branch-consistent, coupling)
 sys.path.insert(0, str(REPO))
 
 

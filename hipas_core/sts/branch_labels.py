@@ -7,11 +7,14 @@ to its nearest branch, and each branch takes one class. With ``coupling`` 0 a br
 class with the larger summed probability over its voxels. With ``coupling`` > 0 the classes of
 all branches are chosen together, as the minimum s-t cut of a graph (an exact binary labelling):
 labelling branch b costs the other class's share of its voxels (sum of q_v or 1 - q_v, q =
-p_artery / (p_artery + p_vein)), and two branches that meet at a skeleton junction pay
-``coupling`` x the smaller branch's voxel count for taking different classes. Arteries and veins
-connect only through capillaries, far below CT resolution, so a tree should keep its class
-through its junctions unless the network's evidence says strongly otherwise (where an artery
-and a vein touch or cross). The vessel mask itself is unchanged; only the artery/vein split moves.
+p_artery / (p_artery + p_vein)), and a branch whose class differs from its parent's pays
+``coupling`` x the smaller of the two voxel counts. A branch's parent is, of the branches that
+meet it at a skeleton junction, the thickest (mean distance to the vessel wall along its
+centreline), when thicker than itself: classes are handed down from the hilum outwards, as at a
+bifurcation, while two vessels that merely touch or cross are not tied together (coupling every
+pair of branches at a junction merged arteries into veins where they touch and lowered the
+validation Dice). Arteries and veins connect only through capillaries, far below CT resolution.
+The vessel mask itself is unchanged; only the artery/vein split moves.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     """Relabel ``labels`` ((Z, Y, X) uint8, 0 / 1 artery / 2 vein) so that each skeleton branch of
     their union is one class, decided by ``probabilities`` ((2, Z, Y, X) or a pair of arrays:
     artery and vein probabilities on the same grid) and, with ``coupling`` > 0, by the classes of
-    the branches it meets at junctions (see the module docstring). Returns a new uint8 array with
-    the same vessel voxels; the inputs are not modified."""
+    its parent branch (see the module docstring). Returns a new uint8 array with the same vessel voxels; the inputs are not modified."""
     import cc3d
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -56,6 +58,8 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     if coupling > 0:
         size = np.bincount(owner, minlength=count)
         pairs = _junction_pairs(skeleton, junctions, branch_id)
+        if len(pairs):
+            pairs = _parent_pairs(pairs, vessel, branch_id)
         is_artery = _min_cut_labels(cost_artery, cost_vein, pairs, coupling * np.minimum(size[pairs[:, 0]], size[pairs[:, 1]])
                                     if len(pairs) else np.zeros(0), fallback=is_artery)
     cls = np.where(is_artery[owner], 1, 2).astype(np.uint8)
@@ -86,6 +90,23 @@ def _junction_pairs(skeleton: np.ndarray, junctions: np.ndarray, branch_id: np.n
                 pairs.add((int(members[i]), int(members[j])))
         start = stop
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def _parent_pairs(pairs: np.ndarray, vessel: np.ndarray, branch_id: np.ndarray) -> np.ndarray:
+    """(child, parent) pairs: each branch with its thickest junction neighbour, when thicker."""
+    import edt
+
+    depth = edt.edt(vessel, black_border=True, parallel=1)
+    on = branch_id > 0
+    count = int(branch_id.max()) + 1
+    radius = np.bincount(branch_id[on], weights=depth[on], minlength=count) / np.maximum(
+        np.bincount(branch_id[on], minlength=count), 1)
+    best = np.zeros(count, dtype=np.int64)
+    for a, b in np.concatenate([pairs, pairs[:, ::-1]]):
+        if radius[b] > radius[a] and (best[a] == 0 or radius[b] > radius[best[a]]):
+            best[a] = b
+    children = np.flatnonzero(best)
+    return np.stack([children, best[children]], axis=1)
 
 
 def _min_cut_labels(cost_artery, cost_vein, pairs, weights, *, fallback) -> np.ndarray:

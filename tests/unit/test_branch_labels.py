@@ -42,15 +42,15 @@ def test_empty_labels_stay_empty():
 
 
 def y_tree(shape=(24, 48, 64)):
-    """An artery trunk along x that forks into two children (a Y), radius about 2 voxels."""
+    """An artery trunk along x (radius 3 voxels) that forks into two thinner children (radius 2), a Y."""
     z, y, x = np.indices(shape)
-    trunk = ((z - 12) ** 2 + (y - 24) ** 2 <= 4) & (x < 30)
+    trunk = ((z - 12) ** 2 + (y - 24) ** 2 <= 9) & (x < 31)
     upper = ((z - 12) ** 2 + (y - 24 - (x - 30) * 0.8) ** 2 <= 4) & (x >= 30) & (x < 55)
     lower = ((z - 12) ** 2 + (y - 24 + (x - 30) * 0.8) ** 2 <= 4) & (x >= 30) & (x < 55)
     return trunk, upper, lower
 
 
-def test_coupling_keeps_a_weakly_misread_child_in_its_tree():
+def test_coupling_hands_the_parent_class_down_to_a_weakly_misread_child():
     trunk, upper, lower = y_tree()
     labels = np.zeros(trunk.shape, np.uint8)
     labels[trunk | upper] = 1
