@@ -89,23 +89,19 @@ def threshold_lung_array(
     lungs.sort(key=lambda m: np.nonzero(m.any(axis=(0, 1)))[0].mean())
     out = np.zeros(candidate.shape, np.uint8)
     for value, lung in zip((RIGHT, LEFT), lungs, strict=False):
-        out[_fill(_closed(lung, HILUM_CLOSING_MM, spacing)) & (out == 0)] = value
+        out[_fill(lung)] = value
     return out
 
 
-HILUM_CLOSING_MM = 4.0
-
-
-def _closed(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
-    """Morphological closing of ``mask`` with a ball of ``radius_mm`` (two Euclidean distance
-    transforms on the mask's bounding box). Vessels where they enter a lung at the hilum are not
-    enclosed by air, so hole filling alone leaves them, and the intrapulmonary vessel figures
-    measured inside the mask, outside (on small phantoms 10-20 % of the bifurcations)."""
+def closed_mask(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
+    """Morphological closing of a (z, y, x) bool ``mask`` with a ball of ``radius_mm`` (``spacing``
+    in mm; two Euclidean distance transforms on the mask's bounding box). Returns a new array."""
     import edt
     from scipy import ndimage
 
+    mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or not mask.any():
-        return mask
+        return mask.copy()
     spacing = np.asarray(spacing, dtype=float)
     pad = np.ceil(radius_mm / spacing).astype(int) + 1
     box = ndimage.find_objects(mask.astype(np.uint8))[0]

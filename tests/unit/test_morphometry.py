@@ -296,3 +296,23 @@ def test_small_phantom_against_generator_truth():
     lungs = sitk.GetArrayViewFromImage(threshold_lungs(phantom.ct)) > 0
     voxel_ml = float(np.prod(phantom.ct.GetSpacing())) / 1000
     assert lungs.sum() * voxel_ml == pytest.approx(phantom.truth["lung_total_ml"], rel=0.03)
+
+
+def test_vessels_entering_the_lungs_count_as_intrapulmonary_with_a_threshold_lung_mask():
+    """A threshold lung mask has notches where the vessels enter at the hilum (they are not
+    enclosed by air); without the hilum closing a small phantom's measured bifurcations fell
+    10-20 % short of the generator's intrapulmonary truth, with it within 5 %."""
+    from hipas_core.lungs import threshold_lungs
+    from hipas_core.morphometry import MorphometrySettings, morphometry_row
+    from hipas_core.phantom import PhantomSpec, generate_phantom
+
+    phantom = generate_phantom(PhantomSpec.from_seed(3, size="small"))
+    truth = phantom.truth
+    lungs = threshold_lungs(phantom.ct)
+    row, _ = morphometry_row(phantom.labels, lungs, scan_id="p3")
+    plain, _ = morphometry_row(phantom.labels, lungs, scan_id="p3", settings=MorphometrySettings(hilum_closing_mm=0.0))
+    for tree in ("artery", "vein"):
+        expected = truth[tree]["intrapulmonary_bifurcations"]
+        assert abs(row.loc[0, f"{tree}_bc"] / expected - 1) < 0.05
+        assert row.loc[0, f"{tree}_bc"] >= plain.loc[0, f"{tree}_bc"]
+    assert row.loc[0, "lung_volume_ml"] == plain.loc[0, "lung_volume_ml"]  # the closing never touches volumes
