@@ -16,7 +16,6 @@ are kept, ``HIPAS_MALLOC_TUNING=0`` turns this off, and other C libraries are le
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -31,9 +30,18 @@ def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     ``HIPAS_MALLOC_TUNING=0``, or a ``MALLOC_*_THRESHOLD_`` variable already set."""
     if environ.get("HIPAS_MALLOC_TUNING", "1") == "0" or any(k in environ for k in SETTINGS):
         return None
-    if platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return None
     return {**environ, **SETTINGS}
+
+
+def _is_glibc() -> bool:
+    """Whether this process runs on glibc (a constant query, unlike ``platform.libc_ver``, which
+    reads the interpreter binary)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def restart_with_tuned_allocator(argv: Sequence[str] | None = None) -> None:

@@ -251,9 +251,13 @@ def lung_bounding_box(ct_image, *, margin_mm: float = 5.0, threshold_hu: float =
     """A cheap (z, y, x) tuple of slices around the lungs of a CT (``SimpleITK.Image`` in HU):
     enclosed air on a 2x in-plane subsampled copy, components smaller than 5 % of the largest
     dropped, padded by ``margin_mm``. Raises ``InvalidScanError`` when no lungs are found."""
+    return _box_of(_coarse_lungs(ct_image, threshold_hu), ct_image, margin_mm)
+
+
+def _box_of(keep: np.ndarray, ct_image, margin_mm: float) -> tuple[slice, slice, slice]:
+    """The box of the coarse lungs ``keep`` in ``ct_image``'s grid, padded by ``margin_mm``."""
     import SimpleITK as sitk
 
-    keep = _coarse_lungs(ct_image, threshold_hu)
     spacing = np.asarray(ct_image.GetSpacing()[::-1])
     step = np.array([1, 2, 2])
     pad = np.ceil(margin_mm / spacing).astype(int)
@@ -276,11 +280,23 @@ def thoracic_cavity(ct_image, *, margin_mm: float = CAVITY_MARGIN_MM, threshold_
     mediastinum, heart and great vessels between them), widened by ``margin_mm`` in-plane.
     Slices without lung are empty. Pulmonary vessels lie inside it; chest wall, fat, bone and
     the abdomen below the lungs lie outside. Raises ``InvalidScanError`` when no lungs are found."""
+    return _cavity_of(_coarse_lungs(ct_image, threshold_hu), ct_image, margin_mm)
+
+
+def lung_box_and_cavity(
+    ct_image, *, margin_mm: float = 5.0, cavity_margin_mm: float = CAVITY_MARGIN_MM,
+    threshold_hu: float = LUNG_THRESHOLD_HU,
+) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """``lung_bounding_box`` and ``thoracic_cavity`` of one CT from one pass over its air."""
+    keep = _coarse_lungs(ct_image, threshold_hu)
+    return _box_of(keep, ct_image, margin_mm), _cavity_of(keep, ct_image, cavity_margin_mm)
+
+
+def _cavity_of(keep: np.ndarray, ct_image, margin_mm: float) -> np.ndarray:
     import SimpleITK as sitk
     from scipy import ndimage
     from skimage.morphology import convex_hull_image
 
-    keep = _coarse_lungs(ct_image, threshold_hu)
     spacing = np.asarray(ct_image.GetSpacing()[::-1], dtype=float)
     full_shape = sitk.GetArrayViewFromImage(ct_image).shape
     pixel = spacing[1:] * 2  # the coarse grid's in-plane spacing

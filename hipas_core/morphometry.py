@@ -265,11 +265,11 @@ def _intrapulmonary(lungs: np.ndarray, settings: MorphometrySettings, spacing) -
     from hipas_core.lungs import closed_mask
 
     lungs = np.asarray(lungs)
-    region = np.zeros(lungs.shape, dtype=bool)
-    for value in np.unique(lungs[lungs > 0]) if settings.hilum_closing_mm > 0 else ():
-        region |= closed_mask(lungs == value, settings.hilum_closing_mm, spacing)
     if settings.hilum_closing_mm <= 0:
-        region = lungs > 0
+        return _eroded(lungs > 0, settings.lung_margin_mm, spacing)
+    region = np.zeros(lungs.shape, dtype=bool)
+    for value in np.unique(lungs[lungs > 0]):
+        region |= closed_mask(lungs == value, settings.hilum_closing_mm, spacing)
     return _eroded(region, settings.lung_margin_mm, spacing)
 
 

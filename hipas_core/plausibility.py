@@ -33,13 +33,15 @@ def plausibility_figures(ct_hu: np.ndarray, labels: np.ndarray, *, spacing: Sequ
     """Figures of a segmentation that need no truth.
 
     ``ct_hu`` (z, y, x) HU; ``labels`` (z, y, x) 0/1 artery/2 vein; ``lungs`` (z, y, x) lung mask
-    (nonzero inside, 1 right / 2 left as ``hipas lungs`` writes it); ``spacing`` (z, y, x) mm.
+    (nonzero inside; the two sides are told apart by the midline between them); ``spacing``
+    (z, y, x) mm.
     Returns a dict: ``inside_cavity`` (share of labelled voxels inside the thoracic cavity),
     ``artery_top3`` / ``vein_top3`` (share of each tree in its 3 largest 26-connected components),
     ``bright_lung_predicted`` (share of > -400 HU lung voxels labelled), ``artery_reaches_hila`` /
     ``vein_reaches_hila`` (bool), ``lung_total_ml``, and the voxel counts ``artery_voxels``,
     ``vein_voxels``. Inputs are not modified.
     """
+    import edt
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -81,8 +83,6 @@ def plausibility_figures(ct_hu: np.ndarray, labels: np.ndarray, *, spacing: Sequ
             medial = xs.max() if side == 0 else xs.min()
             band = np.abs(columns - medial) * spacing[2] <= HILUM_DISTANCE_MM
             hila[side][z0:z1] = lung & band[None, None, :]
-    import edt
-
     for tree, value in (("artery", 1), ("vein", 2)):
         trunk = _largest_component(labels == value)
         near = edt.edt(~trunk, anisotropy=spacing, parallel=1) <= 5.0 if trunk.any() else trunk

@@ -47,9 +47,7 @@ def main() -> int:
         folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
-    thresholds = calibrate_thresholds(Predictor(args.destination, device="cpu"), scans)
-    export_for_inference(args.source, args.destination, thresholds=thresholds, **settings)
-    predictor = Predictor(args.destination, device="cpu")
+    predictor = Predictor(args.destination, device="cpu", branch_consistent=False)  # per voxel for the thresholds
     network_output: dict = {}
     run_network = predictor.predict_probabilities
 
@@ -59,7 +57,9 @@ def main() -> int:
             network_output[key] = run_network(ct_window, timings=timings)
         return network_output[key].copy()
 
-    predictor.predict_probabilities = once_per_scan
+    predictor.predict_probabilities = once_per_scan  # calibration and every variant share one pass
+    thresholds = calibrate_thresholds(predictor, scans)
+    predictor.thresholds = thresholds
     scores = {}
     for consistent, coupling in VARIANTS:
         predictor.branch_consistent, predictor.branch_coupling = consistent, coupling

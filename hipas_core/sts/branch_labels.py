@@ -19,6 +19,8 @@ The vessel mask itself is unchanged; only the artery/vein split moves.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -56,12 +58,11 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     cost_artery = np.bincount(owner, weights=1.0 - share, minlength=count)
     is_artery = cost_vein >= cost_artery
     if coupling > 0:
-        size = np.bincount(owner, minlength=count)
-        pairs = _junction_pairs(skeleton, junctions, branch_id)
+        pairs = _parent_pairs(_junction_pairs(skeleton, junctions, branch_id), vessel, branch_id)
         if len(pairs):
-            pairs = _parent_pairs(pairs, vessel, branch_id)
-        is_artery = _min_cut_labels(cost_artery, cost_vein, pairs, coupling * np.minimum(size[pairs[:, 0]], size[pairs[:, 1]])
-                                    if len(pairs) else np.zeros(0), fallback=is_artery)
+            size = np.bincount(owner, minlength=count)
+            weights = coupling * np.minimum(size[pairs[:, 0]], size[pairs[:, 1]])
+            is_artery = _min_cut_labels(cost_artery, cost_vein, pairs, weights)
     cls = np.where(is_artery[owner], 1, 2).astype(np.uint8)
     region = out[box]
     region[vessel] = cls
@@ -77,18 +78,10 @@ def _junction_pairs(skeleton: np.ndarray, junctions: np.ndarray, branch_id: np.n
     cluster = cc3d.connected_components(zone, connectivity=26).astype(np.int64)
     reach = ndimage.grey_dilation(cluster, size=(3, 3, 3))
     at = (branch_id > 0) & (reach > 0)
-    touching = np.unique(np.stack([reach[at], branch_id[at]], axis=1), axis=0)
-    pairs = set()
-    start = 0
-    while start < len(touching):
-        stop = start
-        while stop < len(touching) and touching[stop, 0] == touching[start, 0]:
-            stop += 1
-        members = touching[start:stop, 1]
-        for i in range(len(members)):
-            for j in range(i + 1, len(members)):
-                pairs.add((int(members[i]), int(members[j])))
-        start = stop
+    touching = np.unique(np.stack([reach[at], branch_id[at]], axis=1), axis=0)  # sorted by cluster
+    starts = np.unique(touching[:, 0], return_index=True)[1]
+    pairs = {pair for members in np.split(touching[:, 1], starts[1:])
+             for pair in itertools.combinations(members.tolist(), 2)}
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
@@ -109,13 +102,11 @@ def _parent_pairs(pairs: np.ndarray, vessel: np.ndarray, branch_id: np.ndarray) 
     return np.stack([children, best[children]], axis=1)
 
 
-def _min_cut_labels(cost_artery, cost_vein, pairs, weights, *, fallback) -> np.ndarray:
+def _min_cut_labels(cost_artery, cost_vein, pairs, weights) -> np.ndarray:
     """Exact binary labelling minimising the unary costs plus ``weights`` per pair labelled
     differently (a submodular energy: one s-t minimum cut). Returns the artery mask per branch."""
     import networkx as nx
 
-    if len(pairs) == 0:
-        return fallback
     graph = nx.DiGraph()
     for branch in range(1, len(cost_artery)):
         graph.add_edge("artery", branch, capacity=float(cost_vein[branch]))  # cut when the branch is vein

@@ -234,7 +234,7 @@ class Predictor:
         ``InvalidScanError`` when no lungs are found."""
         import SimpleITK as sitk
 
-        from hipas_core.lungs import lung_bounding_box, thoracic_cavity
+        from hipas_core.lungs import lung_bounding_box, lung_box_and_cavity
         from hipas_core.normalize import normalize_ct, to_input_grid, window
 
         timings: dict = {}
@@ -247,15 +247,21 @@ class Predictor:
                 raise InvalidScanError(f"{source}: --record given but the CT is not on the standardized grid (spacing {spacing})")
             standard = ct_image
         timings["normalize_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         try:
-            box = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM)
+            if self.confine:  # the box and the cavity come from one pass over the scan's air
+                box, cavity = lung_box_and_cavity(standard, margin_mm=LUNG_MARGIN_MM)
+            else:
+                box, cavity = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM), None
         except InvalidScanError as error:
             raise InvalidScanError(f"{source}: {error}") from None
-        probs_crop = self.predict_probabilities(window(sitk.GetArrayViewFromImage(standard)[box]), timings=timings)
-        if self.confine:
-            started = time.perf_counter()
-            probs_crop *= thoracic_cavity(standard)[box]
+        if cavity is not None:
+            cavity = cavity[box]
             timings["cavity_s"] = time.perf_counter() - started
+        probs_crop = self.predict_probabilities(window(sitk.GetArrayViewFromImage(standard)[box]), timings=timings)
+        if cavity is not None:
+            probs_crop *= cavity
+            del cavity
         if self.branch_consistent:
             from hipas_core.sts.branch_labels import branch_consistent_labels
 
