@@ -23,7 +23,10 @@ are turned into thick slices by slice-profile (box) averaging, corrupted with Po
 trained to imitate the Frangi vesselness of ``hipas_core.vesselness``.
 
 Inference tiles the volume (z slabs and in-plane tiles with a halo larger than the receptive
-field), so memory stays bounded on CPU and GPU.
+field), so memory stays bounded on CPU and GPU; it reports its tiles done
+(``hipas_core.progress``: a bar on a terminal, else ``I2SR: tiles k/N (s)`` lines), and so
+does ``hipas normalize``'s I2SR. Checkpoints hold tensors and plain data only and are read with
+``torch.load(weights_only=True)``: loading one never runs code.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from torch import nn
 
 from hipas_core.errors import InvalidInputError
 from hipas_core.grid import HU_WINDOW
+from hipas_core.progress import Progress, log
 
 CHECKPOINT_FORMAT = "hipas-i2sr/1"
 _HU_LOW, _HU_HIGH = HU_WINDOW
@@ -195,27 +199,35 @@ def save_model(model: I2SRNet, path: str | os.PathLike, *, training: dict | None
         torch.save(payload, tmp)
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu") -> I2SRNet:
-    """Load a checkpoint written by ``save_model``; ``InvalidInputError`` when it is not one."""
-    path = Path(path)
+def _read_checkpoint(path: Path, use) -> object:
+    """``use(payload)`` of the checkpoint ``path`` (read as tensors and plain data only: never
+    runs code from the file); ``InvalidInputError`` for anything wrong with the file."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such I2SR model file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("format")
-        model = I2SRNet(I2SRConfig(**payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-        model.to(memory_format=torch.channels_last_3d)
+        return use(payload)
     except Exception as error:  # noqa: BLE001 - anything wrong with the file is the user's input
         raise InvalidInputError(f"{path}: not an I2SR checkpoint ({type(error).__name__})") from None
-    return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu") -> I2SRNet:
+    """Load a checkpoint written by ``save_model``; ``InvalidInputError`` when it is not one."""
+
+    def build(payload: dict) -> I2SRNet:
+        model = I2SRNet(I2SRConfig(**payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model.to(memory_format=torch.channels_last_3d)
+
+    return _read_checkpoint(Path(path), build).to(device).eval()
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict:
     """Config, versions and training record of a checkpoint (no weights)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return {"config": payload["config"], "versions": payload["versions"], "training": json.loads(payload["training"])}
+    return _read_checkpoint(Path(path), lambda payload: {
+        "config": payload["config"], "versions": payload["versions"], "training": json.loads(payload["training"])})
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,12 +249,14 @@ def super_resolve_array(
     device: str = "cpu",
     slab_slices: int = 24,
     tile_voxels: int = 160,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Super-resolve a (z, y, x) HU array with slices ``spacing_z_mm`` apart to 1 mm (float32 HU).
 
     Output slice j lies j * target mm from input slice 0 (same in-plane grid). Processed in z
     slabs of ``slab_slices`` input slices and in-plane tiles of ``tile_voxels`` with halos
-    (float16 autocast on CUDA, float32 on CPU).
+    (float16 autocast on CUDA, float32 on CPU). ``progress``: ``hipas_core.progress`` mode of
+    the tile count (default: bar on a terminal, else log lines; ``"off"``).
     """
     model = model.to(device).eval()
     target = model.config.target_spacing_mm
@@ -251,12 +265,15 @@ def super_resolve_array(
     halo_z, halo_xy = model.halo(spacing_z_mm)
     out = np.empty((len(positions), height, width), np.float32)
     windowed = (np.clip(hu, _HU_LOW, _HU_HIGH).astype(np.float32) - _HU_LOW) / _HU_RANGE
+    per_slab = math.ceil(height / tile_voxels) * math.ceil(width / tile_voxels)
+    tiles = Progress("I2SR", total=math.ceil(depth / slab_slices) * per_slab, unit="tiles", mode=progress)
     for c0 in range(0, depth, slab_slices):
         c1 = min(depth, c0 + slab_slices)
         a0, b0 = max(0, c0 - halo_z), min(depth, c1 + halo_z)
         last = c1 == depth
         core = np.nonzero((positions >= c0) & ((positions < c1) | (last & (positions <= depth - 1))))[0]
         if core.size == 0:
+            tiles.update(per_slab)  # no output slice lies in this slab
             continue
         span = np.nonzero((positions >= a0) & (positions <= b0 - 1))[0]
         local = torch.from_numpy(positions[span] - a0)
@@ -270,6 +287,8 @@ def super_resolve_array(
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=block.is_cuda):
                     residual = model.residual(block, local)[0, 0, keep, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
                 out[core[0] : core[-1] + 1, y0:y1, x0:x1] = residual.float().cpu().numpy() * _HU_RANGE
+                tiles.update(1)
+    tiles.close()
     for j, position in enumerate(positions):  # plus linear interpolation of the HU, slice by slice
         lower = min(int(math.floor(position)), depth - 1)
         upper, weight = min(lower + 1, depth - 1), float(position - lower)
@@ -277,15 +296,17 @@ def super_resolve_array(
     return out
 
 
-def super_resolve(image: sitk.Image, *, model: I2SRNet, device: str = "cpu") -> sitk.Image:
+def super_resolve(image: sitk.Image, *, model: I2SRNet, device: str = "cpu", progress: str | None = None) -> sitk.Image:
     """I2SR of a thick-slice CT (HU) to slices ``model.config.target_spacing_mm`` (1 mm) apart.
 
     Same in-plane grid, origin (first slice centre) and direction; float32 HU. The last output
-    slice is the last one within the input's first-to-last slice span.
+    slice is the last one within the input's first-to-last slice span. ``progress`` as for
+    ``super_resolve_array``.
     """
     hu = sitk.GetArrayFromImage(image)
     spacing = image.GetSpacing()
-    result = super_resolve_array(hu.astype(np.float32, copy=False), spacing[2], model=model, device=device)
+    result = super_resolve_array(hu.astype(np.float32, copy=False), spacing[2], model=model, device=device,
+                                 progress=progress)
     out = sitk.GetImageFromArray(result)
     out.SetSpacing((spacing[0], spacing[1], model.config.target_spacing_mm))
     out.SetOrigin(image.GetOrigin())
@@ -489,6 +510,7 @@ def train(
 
     Each step: random crops, thick slices 2.5-5 mm (box profile), Poisson-law noise, loss
     ``MSE(SR, GT) + vesselness_weight * MSE(O_F(SR), O_F(GT))``. Deterministic for ``seed`` on CPU.
+    Progress (``hipas_core.progress``) with a line every ``log_every`` steps (0: no output).
     Returns (model, record with losses, timings and settings).
     """
     torch.manual_seed(seed)
@@ -496,14 +518,16 @@ def train(
     started = time.perf_counter()
     if volumes is None:
         volumes = [synthetic_vessel_volume(1000 + seed * 100 + i, shape=(40, 80, 80)) for i in range(6)]
+    mode = None if log_every else "off"
     o_f, o_f_loss = train_vesselness_net(volumes, volume_spacing, steps=vesselness_steps, seed=seed)
-    if log_every:
-        print(f"O_F (vesselness imitation) trained: mse {o_f_loss:.5f} after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    log(f"train i2sr: O_F (vesselness imitation) trained, mse {o_f_loss:.5f} ({time.perf_counter() - started:.1f} s)",
+        mode=mode)
     o_f = o_f.to(device)
     model = I2SRNet(config or I2SRConfig()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
     losses: list[float] = []
     baselines: list[float] = []  # the same loss for plain linear interpolation, for comparison
+    progress = Progress("train i2sr", total=steps, unit="steps", mode=mode)
     for step in range(steps):
         spacing_mm = float(rng.uniform(*thickness_range))
         pairs = [make_training_pair(volumes[int(rng.integers(len(volumes)))], spacing_mm, rng,
@@ -520,10 +544,13 @@ def train(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        progress.update(1)
+        progress.set_postfix(loss=f"{losses[-1]:.6f}")
         if log_every and (step + 1) % log_every == 0:
             recent, reference = np.mean(losses[-log_every:]), np.mean(baselines[-log_every:])
-            print(f"i2sr step {step + 1}/{steps} loss {recent:.6f} (linear {reference:.6f}, ratio {recent / reference:.3f})",
-                  file=sys.stderr)
+            progress.log(f"train i2sr: step {step + 1}/{steps}, loss {recent:.6f} (linear {reference:.6f}, "
+                         f"ratio {recent / reference:.3f})")
+    progress.close()
     record = {
         "steps": steps, "seed": seed, "batch": batch, "lr": lr, "patch_depth": patch_depth,
         "patch_size": patch_size, "thickness_range_mm": list(thickness_range),
@@ -567,7 +594,7 @@ def evaluate(
     for thickness in thicknesses:
         for index, thin in enumerate(volumes):
             thick = simulate_thick(thin, thickness)
-            sr = super_resolve_array(thick, thickness, model=model)
+            sr = super_resolve_array(thick, thickness, model=model, progress="off")
             positions = output_positions(thick.shape[0], thickness)
             linear = interpolate_z(torch.from_numpy(thick)[None, None], torch.from_numpy(positions))[0, 0].numpy()
             truth = thin[: len(positions)]

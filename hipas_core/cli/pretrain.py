@@ -7,7 +7,9 @@
 
 ``--images``: unlabelled CTs (``*.nii``/``*.nii.gz``, any grid), brought to the standardized grid,
 cropped to the lungs and given their vesselness as training does. ``--width``/``--blocks`` must
-be those of the cascade trained later. ``--resume`` continues from ``--out``.
+be those of the cascade trained later. ``--resume`` continues from ``--out`` (checked before any
+data is prepared: a file it cannot continue from is one error line, exit 2). Progress: a bar on
+a terminal, else (and with ``--no-progress``) log lines, and a line at every checkpoint.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _folder_volumes(folder: str, sigmas: tuple[float, ...]) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from hipas_core.errors import InvalidInputError
@@ -68,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--patch {tuple(args.patch)}: every side must be a multiple of --mask-cube {args.mask_cube}")
     if not 0.0 < args.mask_ratio < 1.0:
         raise InvalidInputError(f"--mask-ratio {args.mask_ratio}: must lie strictly between 0 and 1")
+    if args.resume and Path(args.out).is_file():  # before the slow data preparation
+        from hipas_core.sts.checkpoint import load_checkpoint
+        from hipas_core.sts.pretrain import CHECKPOINT_KIND, RESUME_KEYS
+
+        load_checkpoint(args.out, kind=CHECKPOINT_KIND, require=RESUME_KEYS)
     sigmas = tuple(args.vesselness_sigmas)
     if args.images:
         volumes = _folder_volumes(args.images, sigmas)

@@ -4,7 +4,8 @@ Slices thicker than ``--threshold-mm`` (2 mm, the paper's) are super-resolved wi
 slices from the first input slice on). Thinner slices are copied through unchanged. The image
 is written as int16 HU when every value is a whole number in range (always for I2SR output,
 which is rounded), else float32. The sidecar ``OUT.json`` says what was done (``copied_through``,
-input/output spacing, slice thickness, model path and SHA-256, device, versions).
+input/output spacing, slice thickness, model path and SHA-256, device, versions). I2SR reports
+its tiles done on stderr (a bar on a terminal, else log lines; none with ``--quiet``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-mm", type=float, default=I2SR_THICKNESS_MM,
                         help=f"super-resolve only slices thicker than this (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
     parser.add_argument("--metadata-table", help="CSV with case_id and spacing columns (HiPaS NPZ input)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     add_scan_stage_options(parser)
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             if device == "cuda" and not torch.cuda.is_available():
                 raise InvalidInputError("--device cuda: no CUDA device available")
             model = load_model(args.model, device=device)
-            result = super_resolve(image, model=model, device=device)
+            result = super_resolve(image, model=model, device=device, progress="off" if args.quiet else None)
             record.update(copied_through=False, reason=f"slice thickness {thickness:g} mm > {threshold:g} mm: I2SR")
             params = {"input": str(args.input), "model": str(args.model), "model_sha256": file_sha256(args.model),
                       "device": device}

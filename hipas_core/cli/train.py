@@ -8,6 +8,10 @@
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
 (``hipas_core.sts.data.phantom_plan``). ``--resume`` continues from CKPT.pt's saved state.
+Checkpoints read (``--encoder-init``, ``--init-from``, ``--resume``) are checked before any data
+is prepared: a file that is not one (or carries code, which never runs) is one error line, exit 2.
+Progress: a bar on a terminal, else (and with ``--no-progress``) log lines, and a line at every
+validation and checkpoint.
 """
 
 from __future__ import annotations
@@ -86,6 +90,23 @@ def _stage_blocks(text: list[str] | None, stages: int) -> tuple[tuple[int, ...],
     return blocks
 
 
+def _check_checkpoints(args: argparse.Namespace) -> None:
+    """Read every checkpoint this run starts from (``InvalidInputError`` for a bad one) before the
+    slow data preparation, so a wrong file fails at once and leaves nothing behind."""
+    from pathlib import Path
+
+    from hipas_core.sts.checkpoint import load_checkpoint
+    from hipas_core.sts.pretrain import CHECKPOINT_KIND
+
+    kind = "baseline" if args.baseline else "cascade"
+    if args.encoder_init:
+        load_checkpoint(args.encoder_init, kind=CHECKPOINT_KIND)
+    if args.init_from:
+        load_checkpoint(args.init_from, kind=kind)
+    if args.resume and Path(args.out).is_file():
+        load_checkpoint(args.out, kind=kind)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -108,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--cached-priors needs a cascade trained with --mode stagewise")
     if not 0.0 <= args.synthetic_ncct <= 1.0:
         raise InvalidInputError(f"--synthetic-ncct {args.synthetic_ncct}: a probability in [0, 1] is needed")
+    _check_checkpoints(args)
     if args.data:
         cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas)
         val_cases = []

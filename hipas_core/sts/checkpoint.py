@@ -5,11 +5,18 @@ A checkpoint is a ``torch.save`` dict with ``format`` ("hipas-sts/1"), ``kind`` 
 thresholds per class, vesselness scales), ``training_config``, ``data`` (case seeds / files),
 ``versions`` (package versions), ``history`` (loss/validation per step) and, for resuming,
 ``optimizer``, ``step`` and ``rng`` (dropped by ``export_for_inference``). Written atomically.
+
+Checkpoints hold tensors and plain data only (dicts, lists, tuples, strings, numbers; the numpy
+RNG state is numpy's own dict of ints): they are read with ``torch.load(weights_only=True)``, so
+loading a file never runs code from it. Anything wrong with a file (not found, not a torch file,
+code in it, not ours, keys missing, another kind, weights that do not fit) is an
+``InvalidInputError`` naming the file: the CLI prints that one line and exits 2.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from hipas_core.atomic import atomic_path
 from hipas_core.errors import InvalidInputError
 
 FORMAT = "hipas-sts/1"
+MODEL_KEYS = ("kind", "model_config", "state_dict")  # what every checkpoint holds
 
 
 def build_model(kind: str, model_config: dict) -> nn.Module:
@@ -42,24 +50,51 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint; ``InvalidInputError`` (one line) when it is missing or not one of ours."""
+def error_summary(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line errors."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, kind: str | Sequence[str] | None = None, require: Sequence[str] = MODEL_KEYS
+) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain data only: never runs code from the file).
+
+    ``kind``: the kind (or kinds) accepted; ``require``: keys that must be present (default:
+    kind, model_config, state_dict, the latter a dict of tensors). ``InvalidInputError`` (one line
+    naming the file) when it is missing, unreadable, not one of ours or lacks what is asked for.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: model checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file (or one carrying code) is a user error here
         raise InvalidInputError(f"{path}: not a readable model checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InvalidInputError(f"{path}: not a HiPaS STS checkpoint (format {FORMAT} expected)")
+    missing = [key for key in require if key not in payload]
+    if missing:
+        raise InvalidInputError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    if "state_dict" in require and not (
+        isinstance(payload["state_dict"], dict) and all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+    ):
+        raise InvalidInputError(f"{path}: checkpoint state_dict is not a dict of tensors")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and payload.get("kind") not in kinds:
+        raise InvalidInputError(f"{path}: a {payload.get('kind')!r} checkpoint, {' or '.join(map(repr, kinds))} needed")
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """The model a checkpoint holds, weights loaded, in eval mode on the CPU."""
-    model = build_model(payload["kind"], payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
+def model_from_checkpoint(payload: dict[str, Any], *, source: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The model a checkpoint holds, weights loaded, in eval mode on the CPU; ``InvalidInputError``
+    naming ``source`` when its config or weights do not make a model."""
+    try:
+        model = build_model(payload["kind"], payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InvalidInputError(f"{source}: checkpoint does not make a model ({error_summary(error)})") from None
     return model.eval()
 
 

@@ -10,10 +10,15 @@ vessels; a pulmonary vessel cannot lie elsewhere), probabilities mapped back to 
 linearly, per-class thresholds, artery and vein made exclusive (where both pass, the larger
 probability wins; ties go to artery).
 CPU runs in float32; CUDA under autocast (bf16 where supported, else fp16).
+Progress (``hipas_core.progress``): each cascade stage counts its windows (a bar on a terminal,
+``... STS stage 2/4: windows k/N (s)`` lines otherwise) and every other step of a scan
+(normalize, lung box, vesselness, branch labels, mapping back) reports a line when done.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,9 +29,10 @@ import torch
 
 from hipas_core.errors import InvalidInputError, InvalidScanError
 from hipas_core.grid import STANDARD_SPACING
+from hipas_core.progress import Progress, stage
 from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
 from hipas_core.sts.network import SIZE_MULTIPLE
-from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict
+from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict, window_starts
 
 DEFAULT_MODEL_NAME = "sts-demo.pt"
 MODEL_ENV = "HIPAS_MODEL"
@@ -134,7 +140,8 @@ class Predictor:
     False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``, with
     ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
-    in both grids follow.
+    in both grids follow. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
+    else log lines; ``"off"`` for none).
     """
 
     def __init__(
@@ -149,16 +156,19 @@ class Predictor:
         confine: bool = True,
         branch_consistent: bool | None = None,
         branch_coupling: float | None = None,
+        progress: str | None = None,
     ) -> None:
         self.confine = bool(confine)
+        self.progress = progress
+        self._label = ""  # the scan being segmented, at the start of its progress lines
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
-        payload = load_checkpoint(self.model_path)
+        payload = load_checkpoint(self.model_path, kind=("cascade", "baseline"))
         device = resolve_device(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidInputError(f"--device {device}: CUDA is not available on this machine")
         self.device = torch.device(device)
         self.kind = payload["kind"]
-        self.model = model_from_checkpoint(payload).to(self.device)
+        self.model = model_from_checkpoint(payload, source=self.model_path).to(self.device)
         inference = payload.get("inference", {})
         self.window = tuple(int(w) for w in (window or inference.get("window", (128, 192, 192))))
         if any(w % SIZE_MULTIPLE for w in self.window):
@@ -181,6 +191,10 @@ class Predictor:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
+    def _stage(self, description: str):
+        """A progress line for one step of the scan being segmented."""
+        return stage(f"{self._label}{description}", mode=self.progress)
+
     @torch.no_grad()
     def predict_probabilities(self, ct_window: np.ndarray, *, timings: dict | None = None) -> np.ndarray:
         """(Z, Y, X) windowed CT in [0, 1] on the standardized grid -> (2, Z, Y, X) float32
@@ -189,10 +203,11 @@ class Predictor:
 
         timings = {} if timings is None else timings
         started = time.perf_counter()
-        volume = torch.from_numpy(np.ascontiguousarray(ct_window, dtype=np.float32)).to(self.device)
-        enhanced = vesselness(volume, spacing=STANDARD_SPACING, sigmas_mm=self.vesselness_sigmas_mm)
-        image = torch.stack([volume, enhanced])
-        del volume, enhanced  # (the caller may hand over its only reference to ct_window too)
+        with self._stage("vesselness"):
+            volume = torch.from_numpy(np.ascontiguousarray(ct_window, dtype=np.float32)).to(self.device)
+            enhanced = vesselness(volume, spacing=STANDARD_SPACING, sigmas_mm=self.vesselness_sigmas_mm)
+            image = torch.stack([volume, enhanced])
+            del volume, enhanced  # (the caller may hand over its only reference to ct_window too)
         timings["vesselness_s"] = time.perf_counter() - started
         return self.probabilities_from_channels(image, timings=timings)
 
@@ -203,7 +218,7 @@ class Predictor:
         image = image.to(self.device, torch.float32)
         if self.kind == "baseline":
             started = time.perf_counter()
-            probs = self._slide(lambda x: torch.sigmoid(self.model(x).float()), image)
+            probs = self._slide(lambda x: torch.sigmoid(self.model(x).float()), image, description=f"{self._label}U-Net")
             timings["stage0_s"] = time.perf_counter() - started
             return probs.cpu().numpy()
         from hipas_core.sts.cascade import cascade_probabilities
@@ -216,14 +231,30 @@ class Predictor:
             now = time.perf_counter()
             timings[f"stage{index}_s"], clock[0] = now - clock[0], now
 
-        return cascade_probabilities(self.model, image, slide=self._slide, on_stage=stage_done).cpu().numpy()
+        stages, numbers = len(self.model.stages), itertools.count(1)
 
-    def _slide(self, fn, volume: torch.Tensor) -> torch.Tensor:
+        def slide(fn, volume: torch.Tensor) -> torch.Tensor:
+            return self._slide(fn, volume, description=f"{self._label}STS stage {next(numbers)}/{stages}")
+
+        return cascade_probabilities(self.model, image, slide=slide, on_stage=stage_done).cpu().numpy()
+
+    def _slide(self, fn, volume: torch.Tensor, *, description: str = "sliding window") -> torch.Tensor:
         window = fitted_window(self.window, tuple(volume.shape[1:]))
-        with self._autocast():
-            return sliding_window_predict(
-                fn, volume, window=window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
-            )
+        # the windows sliding_window_predict visits (it pads a volume smaller than the window)
+        total = math.prod(len(window_starts(max(s, w), w, self.overlap)) for s, w in zip(volume.shape[1:], window, strict=True))
+        with Progress(description, total=total, unit="windows", mode=self.progress) as progress:
+
+            def counted(batch: torch.Tensor) -> torch.Tensor:
+                result = fn(batch)
+                if result.is_cuda:  # count windows done, not windows queued
+                    torch.cuda.synchronize(result.device)
+                progress.update(len(batch))
+                return result
+
+            with self._autocast():
+                return sliding_window_predict(
+                    counted, volume, window=window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
+                )
 
     # ---- images ------------------------------------------------------------------------
     def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input") -> Segmentation:
@@ -231,7 +262,16 @@ class Predictor:
         normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
         the record maps the result back to the original grid. Returns labels (and optionally
         probabilities) in the input grid, and the labels in the standardized grid.
-        ``InvalidScanError`` when no lungs are found."""
+        ``InvalidScanError`` when no lungs are found. Progress lines start with ``source``'s
+        file name (none for the default ``"input"``)."""
+        self._label = "" if source == "input" else f"{Path(source).name}: "
+        try:
+            return self._segment(ct_image, record=record, probabilities=probabilities, source=source)
+        finally:
+            self._label = ""
+
+    def _segment(self, ct_image, *, record, probabilities: bool, source: str) -> Segmentation:
+        """``segment`` itself."""
         import SimpleITK as sitk
 
         from hipas_core.lungs import lung_bounding_box, lung_box_and_cavity
@@ -240,7 +280,8 @@ class Predictor:
         timings: dict = {}
         started = time.perf_counter()
         if record is None:
-            standard, record = normalize_ct(ct_image)
+            with self._stage("normalize"):
+                standard, record = normalize_ct(ct_image)
         else:
             spacing = ct_image.GetSpacing()[::-1]
             if not np.allclose(spacing, STANDARD_SPACING, atol=1e-3):
@@ -249,10 +290,11 @@ class Predictor:
         timings["normalize_s"] = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            if self.confine:  # the box and the cavity come from one pass over the scan's air
-                box, cavity = lung_box_and_cavity(standard, margin_mm=LUNG_MARGIN_MM)
-            else:
-                box, cavity = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM), None
+            with self._stage("lung box" + (" and thoracic cavity" if self.confine else "")):
+                if self.confine:  # the box and the cavity come from one pass over the scan's air
+                    box, cavity = lung_box_and_cavity(standard, margin_mm=LUNG_MARGIN_MM)
+                else:
+                    box, cavity = lung_bounding_box(standard, margin_mm=LUNG_MARGIN_MM), None
         except InvalidScanError as error:
             raise InvalidScanError(f"{source}: {error}") from None
         if cavity is not None:
@@ -266,35 +308,37 @@ class Predictor:
             from hipas_core.sts.branch_labels import branch_consistent_labels
 
             started = time.perf_counter()
-            voxel_labels = exclusive_labels(probs_crop, self.thresholds)
-            consistent = branch_consistent_labels(probs_crop, voxel_labels, coupling=self.branch_coupling)
-            flipped = (consistent != voxel_labels) & (voxel_labels > 0)
-            probs_crop[0][flipped], probs_crop[1][flipped] = probs_crop[1][flipped], probs_crop[0][flipped]
+            with self._stage("branch labels"):
+                voxel_labels = exclusive_labels(probs_crop, self.thresholds)
+                consistent = branch_consistent_labels(probs_crop, voxel_labels, coupling=self.branch_coupling)
+                flipped = (consistent != voxel_labels) & (voxel_labels > 0)
+                probs_crop[0][flipped], probs_crop[1][flipped] = probs_crop[1][flipped], probs_crop[0][flipped]
             timings["branches_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        full_shape = sitk.GetArrayViewFromImage(standard).shape
-        standard_array = np.zeros(full_shape, dtype=np.uint8)
-        standard_array[box] = exclusive_labels(probs_crop, self.thresholds)
-        standard_labels = sitk.GetImageFromArray(standard_array)
-        standard_labels.CopyInformation(standard)
-        del standard_array
-        # only the crop is mapped back (outside it every probability is 0): the standardized
-        # grid of a full-size scan never holds a float copy of its own
-        crop_origin = standard.TransformIndexToPhysicalPoint(tuple(int(b.start) for b in box[::-1]))
-        channels = []
-        for channel in range(2):
-            image = sitk.GetImageFromArray(probs_crop[channel])
-            image.SetSpacing(standard.GetSpacing())
-            image.SetDirection(standard.GetDirection())
-            image.SetOrigin(crop_origin)
-            channels.append(to_input_grid(image, record, interpolation="linear"))
-        del probs_crop
-        labels = sitk.GetImageFromArray(
-            exclusive_labels([sitk.GetArrayViewFromImage(c) for c in channels], self.thresholds))
-        labels.CopyInformation(channels[0])
-        prob_image = None
-        if probabilities:
-            prob_image = sitk.Compose([sitk.Cast(c, sitk.sitkFloat32) for c in channels])
+        with self._stage("labels and probabilities to the input grid"):
+            full_shape = sitk.GetArrayViewFromImage(standard).shape
+            standard_array = np.zeros(full_shape, dtype=np.uint8)
+            standard_array[box] = exclusive_labels(probs_crop, self.thresholds)
+            standard_labels = sitk.GetImageFromArray(standard_array)
+            standard_labels.CopyInformation(standard)
+            del standard_array
+            # only the crop is mapped back (outside it every probability is 0): the standardized
+            # grid of a full-size scan never holds a float copy of its own
+            crop_origin = standard.TransformIndexToPhysicalPoint(tuple(int(b.start) for b in box[::-1]))
+            channels = []
+            for channel in range(2):
+                image = sitk.GetImageFromArray(probs_crop[channel])
+                image.SetSpacing(standard.GetSpacing())
+                image.SetDirection(standard.GetDirection())
+                image.SetOrigin(crop_origin)
+                channels.append(to_input_grid(image, record, interpolation="linear"))
+            del probs_crop
+            labels = sitk.GetImageFromArray(
+                exclusive_labels([sitk.GetArrayViewFromImage(c) for c in channels], self.thresholds))
+            labels.CopyInformation(channels[0])
+            prob_image = None
+            if probabilities:
+                prob_image = sitk.Compose([sitk.Cast(c, sitk.sitkFloat32) for c in channels])
         timings["to_input_grid_s"] = time.perf_counter() - started
         return Segmentation(labels=labels, probabilities=prob_image, timings=timings, standard_labels=standard_labels)
 

@@ -46,6 +46,8 @@ from hipas_core.sts.network import (
 
 ENCODER_PREFIXES = ("stem.", "encoder.", "down.", "bottleneck.")
 CHECKPOINT_KIND = "mae-encoder"
+# what ``pretrain(resume=True)`` reads back (``load_checkpoint(..., require=RESUME_KEYS)``)
+RESUME_KEYS = ("kind", "model_config", "state_dict", "decoder_state_dict", "optimizer", "step", "history", "rng")
 PRETRAINED_INPUT_CHANNELS = 2  # windowed CT, vesselness: the stem's prior channels see only zeros
 
 
@@ -217,11 +219,12 @@ def pretrain(
     (the ``StageConfig``), ``state_dict`` (encoder weights, ``StageNet`` names), ``pretrain_config``,
     ``versions``, ``history``, ``step`` and, for ``resume``, ``decoder_state_dict``, ``optimizer``,
     ``rng``. Deterministic on the CPU for a seed. Returns the payload without weights.
+    Progress as in ``hipas_core.sts.training.train`` (``progress`` False: log lines, no bar).
+    ``InvalidInputError`` when ``resume`` finds at ``output`` a file it cannot continue from.
     """
-    from tqdm import tqdm
-
+    from hipas_core.progress import Progress
     from hipas_core.provenance import package_versions
-    from hipas_core.sts.checkpoint import load_checkpoint, save_checkpoint
+    from hipas_core.sts.checkpoint import error_summary, load_checkpoint, save_checkpoint
 
     if not volumes:
         raise ValueError("no volumes to pre-train on")
@@ -241,13 +244,16 @@ def pretrain(
     step, history, elapsed_before = 0, [], 0.0
     output = Path(output)
     if resume and output.is_file():
-        state = load_checkpoint(output)
-        model.load_state_dict({**state["state_dict"], **state["decoder_state_dict"]})
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-        elapsed_before = float(state.get("train_seconds", 0.0))
-        rng.bit_generator.state = state["rng"]["numpy"]
-        mask_generator.set_state(state["rng"]["mask"])
+        state = load_checkpoint(output, kind=CHECKPOINT_KIND, require=RESUME_KEYS)
+        try:
+            model.load_state_dict({**state["state_dict"], **state["decoder_state_dict"]})
+            optimizer.load_state_dict(state["optimizer"])
+            step, history = int(state["step"]), list(state["history"])
+            elapsed_before = float(state.get("train_seconds", 0.0))
+            rng.bit_generator.state = state["rng"]["numpy"]
+            mask_generator.set_state(state["rng"]["mask"])
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
 
     def payload(final: bool) -> dict:
         weights = model.state_dict()
@@ -270,7 +276,9 @@ def pretrain(
 
     started = time.monotonic()
     model.train()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, dynamic_ncols=True, desc="mae")
+    bar = Progress("pretrain mae", total=config.steps, initial=step, unit="steps", mode=None if progress else "lines")
+    if step:
+        bar.log(f"pretrain mae: resumed from {output} at step {step}/{config.steps}")
     extra = stage_config.in_channels - PRETRAINED_INPUT_CHANNELS
     while step < config.steps:
         if config.max_minutes is not None and (time.monotonic() - started) / 60 > config.max_minutes:
@@ -294,9 +302,14 @@ def pretrain(
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if step % config.checkpoint_every == 0:
             save_checkpoint(output, payload(final=False))
+            if step < config.steps:  # (the last one is reported below)
+                bar.log(f"pretrain mae: step {step}/{config.steps}, loss {history[-1]['loss']:.4f}, "
+                        f"checkpoint {output}")
     bar.close()
     final = payload(final=step >= config.steps)
     save_checkpoint(output, final)
+    bar.log(f"pretrain mae: step {step}/{config.steps}, checkpoint {output} "
+            f"({'finished' if final['finished'] else 'stopped early'})")
     return {k: v for k, v in final.items() if k not in ("state_dict", "decoder_state_dict", "optimizer", "rng")}
 
 
@@ -329,9 +342,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, *, freeze
     """
     from hipas_core.sts.checkpoint import load_checkpoint
 
-    state = load_checkpoint(path)
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise InvalidInputError(f"{path}: not a pre-trained encoder checkpoint (kind {state.get('kind')!r})")
+    state = load_checkpoint(path, kind=CHECKPOINT_KIND)
     encoder = state["state_dict"]
     channels = int(state.get("pretrained_input_channels", PRETRAINED_INPUT_CHANNELS))
     stages = _stage_nets(model)

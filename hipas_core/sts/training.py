@@ -11,6 +11,8 @@ cascade gets). Adam (paper: lr 1e-4, betas (0.99, 0.999)); AMP (bf16, or fp16
 with loss scaling) on CUDA. A checkpoint (model + training config + data + versions + optimizer
 + RNG state) is written every ``checkpoint_every`` steps and at the end; ``resume=True`` continues
 from it. For a fixed seed, data and number of steps the run is deterministic on the CPU.
+Progress (``hipas_core.progress``): a bar on a terminal (``progress=False``: never a bar), else
+log lines every few seconds; a line at every validation and every checkpoint in both cases.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 
 from hipas_core.errors import InvalidInputError
-from hipas_core.sts.checkpoint import build_model, load_checkpoint, save_checkpoint
+from hipas_core.progress import Progress
+from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoint, save_checkpoint
 from hipas_core.sts.data import Augmentation, TrainingCase, sample_patch
 from hipas_core.sts.losses import dice_loss, skeleton_recall_loss, sts_stage_loss
 from hipas_core.sts.network import load_matching_weights
@@ -234,10 +237,10 @@ def train(
     """Train and write the checkpoint ``output``; returns the final checkpoint payload (no weights).
 
     ``cases``: training cases; ``validation_cases``: for the validation Dice shown in the
-    progress bar (fixed patches; the training cases are used when none are given).
+    progress bar (fixed patches; the training cases are used when none are given). ``progress``
+    False: log lines only, no bar. ``InvalidInputError`` when ``init_from``, ``encoder_init`` or
+    (with ``resume``) ``output`` is not a checkpoint this run can start from; nothing is written then.
     """
-    from tqdm import tqdm
-
     from hipas_core.provenance import package_versions
 
     if not cases:
@@ -272,18 +275,21 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     output = Path(output)
     if resume and output.is_file():
-        state = load_checkpoint(output)
-        model.load_state_dict(state["state_dict"])
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-            for group in optimizer.param_groups:  # a resumed run may lower the learning rate
-                group["lr"], group["betas"] = config.lr, tuple(config.betas)
-        step, history = int(state.get("step", 0)), list(state.get("history", []))
-        elapsed_before = float(state.get("train_seconds", 0.0))
-        warm_started = list(state.get("warm_started", []))
-        if "rng" in state:
-            rng.bit_generator.state = state["rng"]["numpy"]
-            torch.set_rng_state(state["rng"]["torch"])
+        state = load_checkpoint(output, kind=config.kind)
+        try:
+            model.load_state_dict(state["state_dict"])
+            if "optimizer" in state:
+                optimizer.load_state_dict(state["optimizer"])
+                for group in optimizer.param_groups:  # a resumed run may lower the learning rate
+                    group["lr"], group["betas"] = config.lr, tuple(config.betas)
+            step, history = int(state.get("step", 0)), list(state.get("history", []))
+            elapsed_before = float(state.get("train_seconds", 0.0))
+            warm_started = list(state.get("warm_started", []))
+            if "rng" in state:
+                rng.bit_generator.state = state["rng"]["numpy"]
+                torch.set_rng_state(state["rng"]["torch"])
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
     val_rng = np.random.default_rng(config.seed + 1_000_003)
     val_source = list(validation_cases) or list(cases)
     val_config = TrainConfig(**{**config.to_dict(), "batch_size": 1})
@@ -326,7 +332,10 @@ def train(
     prior_cache: dict = {}  # cached_priors: {"stage": s, case name: P^{s-1} (2, Z, Y, X) float16}
     started = time.monotonic()
     model.train()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=config.kind)
+    bar = Progress(f"train {config.kind}", total=config.steps, initial=step, unit="steps",
+                   mode=None if progress else "lines")
+    if step:
+        bar.log(f"train {config.kind}: resumed from {output} at step {step}/{config.steps}")
     val = (float("nan"), float("nan"))
     stopped_early = False
     while step < config.steps:
@@ -380,9 +389,16 @@ def train(
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", dsc_a=f"{val[0]:.3f}", dsc_v=f"{val[1]:.3f}")
+        if "val_dice_artery" in record:
+            bar.log(f"train {config.kind}: step {step}/{config.steps}, loss {record['loss']:.4f}, "
+                    f"validation Dice artery {val[0]:.3f} vein {val[1]:.3f}")
         if step % config.checkpoint_every == 0:
             save_checkpoint(output, payload(final=False))
+            if step < config.steps:  # (the last one is reported below)
+                bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output}")
     bar.close()
+    if stopped_early:
+        bar.log(f"train {config.kind}: stopped after {config.max_minutes:g} min at step {step}/{config.steps}")
     if stopped_early and config.kind == "cascade" and config.mode == "stagewise" and config.warm_start:
         # a run stopped before the last stage still ends with a usable cascade: stages never
         # reached carry their predecessor's weights, as warm start would have given them
@@ -397,4 +413,5 @@ def train(
     final = payload(final=True)
     final["stopped_early"] = stopped_early
     save_checkpoint(output, final)
+    bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output} ({'stopped early' if stopped_early else 'finished'})")
     return {k: v for k, v in final.items() if k not in ("state_dict", "optimizer", "rng")}
