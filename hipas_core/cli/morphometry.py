@@ -2,10 +2,11 @@
 
 Columns (``hipas_core.morphometry.ROW_COLUMNS``): scan_id, artery/vein SL (standardized voxels
 and mm), bifurcations, end points, volumes (intrapulmonary), lung_volume_ml, lung_total_ml.
-Provenance (versions, TEASAR parameters, lung margin, grid) is in the Parquet key-value
-metadata. ``--skeleton PATH.npz`` also writes the skeletons for QC: ``vertices_zyx_mm``
-(standardized-grid array frame), ``vertices_world_mm`` (physical x, y, z), ``edges``,
-``radius_mm``, ``tree`` (1 artery, 2 vein), ``origin``/``spacing`` of the standardized grid.
+Provenance (versions, TEASAR parameters, lung margin, grid, the input files' SHA-256, never their
+paths) is in the Parquet key-value metadata. ``--skeleton PATH.npz`` also writes the skeletons
+for QC: ``vertices_zyx_mm`` (standardized-grid array frame), ``vertices_world_mm`` (physical x,
+y, z), ``edges``, ``radius_mm``, ``tree`` (1 artery, 2 vein), ``origin``/``spacing`` of the
+standardized grid.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from hipas_core.atomic import atomic_path, write_parquet
         from hipas_core.io import read_labels
         from hipas_core.morphometry import MorphometrySettings, morphometry_row, skeleton_arrays
+        from hipas_core.provenance import file_sha256
 
         labels = read_labels(args.labels)
         lungs = read_labels(args.lungs)
@@ -62,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         frame, metadata, result = morphometry_row(
             labels, lungs, scan_id=scan_id, settings=settings, return_skeletons=True
         )
-        metadata["hipas_parameters"]["labels"] = str(args.labels)
-        metadata["hipas_parameters"]["lungs"] = str(args.lungs)
+        # the inputs by their content, never by path (a path may carry a patient's name)
+        metadata["hipas_parameters"]["labels_sha256"] = file_sha256(args.labels)
+        metadata["hipas_parameters"]["lungs_sha256"] = file_sha256(args.lungs)
         if args.skeleton:
             reference = result["standard_reference"]
             arrays = skeleton_arrays(result, reference)

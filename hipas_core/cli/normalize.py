@@ -4,7 +4,12 @@ Writes ``OUT.nii.gz`` (int16 HU, rounded; standardized grid: spacing 1.0 x 334/5
 LPS identity direction) and the sidecar ``OUT.json`` (the ``NormalizationRecord``: input grid,
 slice thickness, needs_i2sr, z_method, plus provenance). With ``--i2sr-model`` slices thicker
 than ``--i2sr-threshold-mm`` (2 mm) are super-resolved with I2SR before resampling (the model is
-loaded only for such scans); otherwise z is trilinear.
+loaded only for such scans); otherwise z is trilinear. ``--series-uid`` picks one series of a DICOM
+folder holding several (default: most slices, then thinnest, then smallest UID; ``hipas_core.io``).
+
+The sidecar names the scan by its ``scan_id`` and by ``input_voxels_sha256`` (``hipas_core.io.
+voxel_sha256``: the input's HU voxels, whatever the format); no path is stored, neither the input's
+nor the metadata table's or the I2SR model's (those are identified by their files' SHA-256).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="DICOM folder, NIfTI, NRRD/MHA or HiPaS ct_scan/NNN.npz")
     parser.add_argument("-o", "--output", required=True, help="standardized CT (.nii.gz); the record goes to OUT.json")
     parser.add_argument("--metadata-table", help="CSV with case_id, spacing_x_mm, spacing_y_mm, spacing_z_mm (HiPaS NPZ)")
+    parser.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder holding several series")
     parser.add_argument("--i2sr-model", help="I2SR checkpoint: super-resolve thick slices instead of trilinear z")
     parser.add_argument("--i2sr-threshold-mm", type=float, default=I2SR_THICKNESS_MM,
                         help=f"slices thicker than this get I2SR (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
@@ -42,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
         import SimpleITK as sitk
 
         from hipas_core.atomic import write_image_and_sidecar
-        from hipas_core.io import read_ct
+        from hipas_core.io import read_ct, voxel_sha256
         from hipas_core.normalize import normalize_ct, slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
 
-        image = read_ct(args.input, metadata_table=args.metadata_table)
+        image = read_ct(args.input, metadata_table=args.metadata_table, series_uid=args.series_uid)
         model, device = None, "cpu"
         if args.i2sr_model and slice_thickness_mm(image) > args.i2sr_threshold_mm + 1e-6:
             import torch
@@ -63,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
         hu = np.clip(np.round(sitk.GetArrayViewFromImage(standard)), -32768, 32767).astype(np.int16)
         out = sitk.GetImageFromArray(hu)
         out.CopyInformation(standard)
-        params = {"input": str(args.input), "metadata_table": args.metadata_table, "i2sr_model": args.i2sr_model,
-                  "i2sr_threshold_mm": args.i2sr_threshold_mm}
-        if args.i2sr_model:
-            params["i2sr_model_sha256"] = file_sha256(args.i2sr_model)
-        write_image_and_sidecar(args.output, out, sidecar, {**record.to_dict(), "scan_id": scan_id, "dtype": "int16", **provenance(**params)})
+        params = {"i2sr_threshold_mm": args.i2sr_threshold_mm, "series_uid_given": args.series_uid is not None,
+                  "metadata_table_sha256": file_sha256(args.metadata_table) if args.metadata_table else None,
+                  "i2sr_model_sha256": file_sha256(args.i2sr_model) if args.i2sr_model else None}
+        identity = {"scan_id": scan_id, "input_voxels_sha256": voxel_sha256(image)}
+        write_image_and_sidecar(args.output, out, sidecar,
+                                {**record.to_dict(), **identity, "dtype": "int16", **provenance(**params)})
 
     scan_id = args.scan_id or default_scan_id(args.input)
     return run_scan_stage(
