@@ -13,7 +13,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded demo cohort is the default configuration. A config file given with --configfile that
+# names its own `sites:` replaces it: nothing of the demo (sites, phantom flags) is merged into it.
+if "sites" not in config:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
@@ -44,6 +48,7 @@ localrules:
 rule all:
     input:
         rules.figure4.output,
+        phantom_truth_outputs(),
         expand("results/qc/{scan}.png", scan=SCANS),
         expand("results/report/qc/{scan}.png", scan=qc_report_sample()),
 

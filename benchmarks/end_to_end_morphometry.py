@@ -74,7 +74,7 @@ def main() -> int:
         lungs = threshold_lungs(standard)
         measured, _ = morphometry_row(segmentation.standard_labels, lungs, scan_id=f"phantom-{seed}")
         seconds = time.perf_counter() - started
-        true_std = to_standard_grid(sitk.ReadImage(str(folder / "labels.nii.gz")), interpolation="label")
+        true_std = to_standard_grid(sitk.ReadImage(str(folder / "labels.nii.gz")), interpolation="auto")
         on_truth, _ = morphometry_row(true_std, lungs, scan_id=f"phantom-{seed}")
         row = {"seed": seed, "protocol": protocol.upper(), "slice_mm": round(float(ct.GetSpacing()[2]), 3),
                "seconds": round(seconds, 1)}

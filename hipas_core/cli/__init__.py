@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "normalize": ("normalize", "resample a CT to the standardized grid"),
     "super-resolve": ("super_resolve", "I2SR: thick-slice CT to 1 mm slices"),
     "segment": ("segment", "STS artery/vein segmentation of a CT"),
+    "import-labels": ("import_labels", "a scan's own artery/vein labels onto its standardized grid"),
     "lungs": ("lungs", "lung mask of a CT (lungmask or threshold)"),
     "morphometry": ("morphometry", "skeleton length, bifurcations, volumes of both trees"),
     "qc": ("qc", "a QC picture of a scan: orthogonal slices and a projection of both trees"),
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cohort-table": ("cohort_table", "join per-scan morphometry rows with site manifests"),
     "synth-cohort": ("synth_cohort", "a cohort table with planted effects"),
     "figure4": ("figure4", "Figure 4 tables and plots from a cohort table"),
+    "phantom-truth": ("phantom_truth", "a phantom cohort's measured indices against the generator's truth"),
 }
 
 

@@ -59,7 +59,24 @@ def run_scan_stage(
     except InvalidScanError as error:
         if not exclude_invalid:
             raise
-        reason = " ".join(str(error).split())
+        reason = _without_paths(" ".join(str(error).split()), inputs, scan_id)
         for target in targets:
             write_exclusion(target, Exclusion(scan_id=scan_id, stage=stage, reason=reason))
     return 0
+
+
+def _without_paths(reason: str, inputs: Sequence[str | Path], scan_id: str) -> str:
+    """``reason`` with every input path (and any path under an input folder) replaced by the
+    scan's id: markers and exclusions.csv are outputs, and an export's folder names may carry a
+    patient's name, ID or study date. The console line keeps the path (logs are the user's)."""
+    for path in sorted({str(p) for p in inputs} | {str(Path(p).resolve()) for p in inputs}, key=len, reverse=True):
+        if not path or path == ".":
+            continue
+        start = reason.find(path)
+        while start >= 0:
+            end = start + len(path)
+            while end < len(reason) and not reason[end].isspace() and reason[end] != ":":
+                end += 1  # a file inside an input folder: drop the rest of its path too
+            reason = reason[:start] + f"<scan {scan_id}>" + reason[end:]
+            start = reason.find(path)
+    return reason

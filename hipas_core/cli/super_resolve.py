@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
         from hipas_core.atomic import write_image_and_sidecar
         from hipas_core.errors import InvalidInputError
-        from hipas_core.io import read_ct
+        from hipas_core.io import read_ct, voxel_sha256
         from hipas_core.normalize import slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         thickness = slice_thickness_mm(image)
         record = {
             "scan_id": scan_id,
+            "input_voxels_sha256": voxel_sha256(image),  # the scan's identity: never its path
             "input_slice_thickness_mm": thickness,
             "input_spacing": list(image.GetSpacing()[::-1]),
             "threshold_mm": threshold,
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if thickness <= threshold + 1e-6:
             result = image
             record.update(copied_through=True, reason=f"slice thickness {thickness:g} mm <= {threshold:g} mm: copied unchanged")
-            params = {"input": str(args.input)}
+            params = {}
         else:
             import torch
 
@@ -73,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.model, device=device)
             result = super_resolve(image, model=model, device=device, progress="off" if args.quiet else None)
             record.update(copied_through=False, reason=f"slice thickness {thickness:g} mm > {threshold:g} mm: I2SR")
-            params = {"input": str(args.input), "model": str(args.model), "model_sha256": file_sha256(args.model),
-                      "device": device}
+            params = {"model_sha256": file_sha256(args.model), "device": device}
         values = sitk.GetArrayViewFromImage(result)
         if not record["copied_through"]:
             values = np.round(values)

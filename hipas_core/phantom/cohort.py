@@ -26,10 +26,18 @@ SITES: dict[str, tuple[float, float, float, tuple[str, ...]]] = {
 MANIFEST_COLUMNS = ("scan_id", "path", "sex", "age", "protocol", *DISEASE_FLAGS)
 
 
-def demo_cohort_rows(*, sites: int = 2, scans_per_site: int = 3, seed: int = 0) -> list[dict]:
+THICK_SLICES_MM = (2.5, 3.0, 5.0)
+"""Slice thicknesses of a demo cohort's thick-slice scans (the paper's 2.5-5 mm range)."""
+
+
+def demo_cohort_rows(*, sites: int = 2, scans_per_site: int = 3, seed: int = 0,
+                     thick_fraction: float = 0.0) -> list[dict]:
     """Rows (dicts) of a demo cohort: ``scan_id``, ``site``, ``seed`` (the phantom seed),
-    ``sex``, ``age`` (years, 1 decimal), ``height_cm``, ``protocol`` (NCCT/CTPA) and the six
-    disease flags (0/1). Deterministic for the arguments; sites are taken in Table 1 order."""
+    ``sex``, ``age`` (years, 1 decimal), ``height_cm``, ``protocol`` (NCCT/CTPA), the six
+    disease flags (0/1) and ``slice_thickness_mm`` (None: the phantom's own thin slices; with
+    probability ``thick_fraction`` one of ``THICK_SLICES_MM``, drawn from a stream of its own, so
+    the demographics do not depend on it). Deterministic for the arguments; sites are taken in
+    Table 1 order; phantom seeds are ``seed * 10000 + site index * 1000 + k``."""
     if not 1 <= sites <= len(SITES):
         from hipas_core.errors import InvalidInputError
 
@@ -37,12 +45,15 @@ def demo_cohort_rows(*, sites: int = 2, scans_per_site: int = 3, seed: int = 0) 
     rows = []
     for site_index, (site, (age_mean, age_sd, male, protocols)) in enumerate(list(SITES.items())[:sites]):
         rng = stream(seed, f"cohort-{site}")
+        slices_rng = stream(seed, f"cohort-{site}-slices")
         for k in range(scans_per_site):
             sex = "M" if rng.random() < male else "F"
             age = float(np.clip(rng.normal(age_mean, age_sd), 25.0, 85.0))
             height = float(rng.normal(172.0, 6.5) if sex == "M" else rng.normal(160.0, 6.0))
             protocol = protocols[int(rng.integers(len(protocols)))]
             flags = {f: int(rng.random() < FLAG_PREVALENCE[f]) for f in DISEASE_FLAGS}
+            thick = slices_rng.random() < thick_fraction
+            thickness = float(slices_rng.choice(THICK_SLICES_MM))
             rows.append({
                 "scan_id": f"{site}_{k + 1:03d}",
                 "site": site,
@@ -52,8 +63,22 @@ def demo_cohort_rows(*, sites: int = 2, scans_per_site: int = 3, seed: int = 0) 
                 "height_cm": round(height, 1),
                 "protocol": protocol,
                 **flags,
+                "slice_thickness_mm": thickness if thick else None,
             })
     return rows
+
+
+def workflow_manifest_text(rows: list[dict]) -> str:
+    """A phantom site's manifest (TSV text) for the workflow: ``MANIFEST_COLUMNS`` with the path
+    the workflow generates each scan at (``results/phantoms/<scan_id>/ct.nii.gz``, relative to a
+    manifest two folders below the working directory), then ``seed``, ``height_cm`` and
+    ``slice_thickness_mm`` (empty: thin)."""
+    columns = [*MANIFEST_COLUMNS, "seed", "height_cm", "slice_thickness_mm"]
+    lines = ["\t".join(columns)]
+    for row in rows:
+        values = {**row, "path": f"../../results/phantoms/{row['scan_id']}/ct.nii.gz"}
+        lines.append("\t".join("" if values.get(c) is None else str(values[c]) for c in columns))
+    return "\n".join(lines) + "\n"
 
 
 def phantom_arguments(row: dict, *, size: str = "small") -> list[str]:
@@ -62,6 +87,8 @@ def phantom_arguments(row: dict, *, size: str = "small") -> list[str]:
             "--sex", str(row["sex"]), "--age", str(row["age"]), "--height-cm", str(row["height_cm"])]
     for flag in DISEASE_FLAGS:
         args += [f"--{flag}", str(int(row[flag]))]
+    if row.get("slice_thickness_mm") not in (None, ""):
+        args += ["--slice-thickness", str(row["slice_thickness_mm"])]
     return args
 
 
@@ -72,4 +99,6 @@ def spec_for_row(row: dict, *, size: str = "small"):
     return PhantomSpec.from_seed(
         row["seed"], size=size, protocol=str(row["protocol"]).lower(), sex=row["sex"], age=float(row["age"]),
         height_cm=float(row["height_cm"]), **{f: int(row[f]) for f in DISEASE_FLAGS},
+        **({"slice_thickness_mm": float(row["slice_thickness_mm"])}
+           if row.get("slice_thickness_mm") not in (None, "") else {}),
     )

@@ -150,7 +150,11 @@ def prepare_case(
     from hipas_core.sts.losses import level_weights
 
     standard, _record = normalize_ct(ct)
-    labels_std = sitk.GetArrayFromImage(to_standard_grid(labels, interpolation="label"))
+    # Nearest neighbour keeps the annotated vessel volume (within 2 % on the phantoms, thin and
+    # thick). The one-hot linear resampling used before broke thin vessels that run diagonally
+    # through the coarser source grid into pieces: the targets lost 12 % (1.25 mm slices) to 19 %
+    # (2.5 mm) of their vessel volume, nearly all of it thin vessels.
+    labels_std = sitk.GetArrayFromImage(to_standard_grid(labels, interpolation="nearest"))
     if lungs is not None:
         lungs_std = sitk.GetArrayFromImage(to_standard_grid(lungs, interpolation="nearest")).astype(np.uint8)
     else:
@@ -162,7 +166,7 @@ def prepare_case(
 
         levels_std = vessel_levels(labels_std, spacing=STANDARD_SPACING, lungs=lungs_std)
     else:
-        levels_std = sitk.GetArrayFromImage(to_standard_grid(levels, interpolation="label"))
+        levels_std = sitk.GetArrayFromImage(to_standard_grid(levels, interpolation="nearest"))
     levels_std = np.where(labels_std > 0, levels_std, 0).astype(np.uint8)
     # a label voxel that lost its level in resampling: the deepest level (remaining vessels)
     levels_std[(labels_std > 0) & (levels_std == 0)] = 4
@@ -192,7 +196,7 @@ def phantom_case(
     """A small phantom (``hipas_core.phantom``) as a training case, cached under ``cache_dir``."""
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
-    name = f"phantom-{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}"
+    name = f"phantom-{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
     cached = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         try:

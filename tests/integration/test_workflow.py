@@ -29,26 +29,22 @@ from workflow_copy import (
     write_config,
 )
 
-from hipas_core.phantom.cohort import MANIFEST_COLUMNS, demo_cohort_rows
+from hipas_core.phantom.cohort import demo_cohort_rows, workflow_manifest_text
+from hipas_core.phantom.spec import DISEASE_FLAGS
 
 pytestmark = pytest.mark.integration
 PER_SCAN_OUTPUTS = ("std.json", "lungs.nii.gz", "morphometry.parquet")
 
 
-def demo_manifest_text(rows: list[dict]) -> str:
-    columns = [*MANIFEST_COLUMNS, "seed", "height_cm"]
-    lines = ["\t".join(columns)]
-    for row in rows:
-        values = {**row, "path": f"../../results/phantoms/{row['scan_id']}/ct.nii.gz"}
-        lines.append("\t".join(str(values[c]) for c in columns))
-    return "\n".join(lines) + "\n"
-
-
 def test_committed_demo_manifests_equal_demo_cohort_rows():
-    rows = demo_cohort_rows(sites=2, scans_per_site=2, seed=0)
-    for site in ("harbin", "mudanjiang"):
-        expected = demo_manifest_text([r for r in rows if r["site"] == site])
+    """The demo cohort (config/config.yaml): 4 sites x 10 phantoms, a quarter thick-slice,
+    cohort seed 13, whose phantom seeds (13xxxx) no training, validation or test set uses."""
+    rows = demo_cohort_rows(sites=4, scans_per_site=10, seed=13, thick_fraction=0.25)
+    for site in ("harbin", "mudanjiang", "guangzhou", "beijing"):
+        expected = workflow_manifest_text([r for r in rows if r["site"] == site])
         assert (REPO / f"config/sites/demo_{site}.tsv").read_text() == expected
+    for flag in DISEASE_FLAGS:  # every Figure 4e-f term estimable
+        assert sum(r[flag] for r in rows) >= 3
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +158,8 @@ def test_unreadable_scan_is_excluded_and_the_cohort_completes(copy, killed_and_r
     assert list(exclusions.columns) == ["scan_id", "site", "stage", "reason"]
     assert exclusions["scan_id"].tolist() == ["broken_001"]
     assert exclusions["site"].tolist() == ["broken"] and exclusions["stage"].tolist() == ["normalize"]
-    assert "broken_001.nii.gz" in exclusions["reason"][0]
+    assert exclusions["reason"][0].startswith("<scan broken_001>: ")  # the scan's id, never its path
+    assert "broken_001.nii.gz" not in exclusions["reason"][0]
     cohort = pd.read_parquet(copy / "results/cohort/metrics.parquet")
     assert cohort["scan_id"].tolist() == ["harbin_001", "harbin_002"]
     for column in ("site", "sex", "age", "protocol", "slice_thickness_mm", "lung_volume_l", "SLPA", "SLPV",
@@ -185,4 +182,5 @@ def test_adding_a_site_plans_only_its_scans_and_the_cohort_steps(copy, killed_an
     per_scan = {"demo_phantom", "normalize", "lungs", "morphometry"}
     assert {rule: counts.get(rule) for rule in per_scan} == dict.fromkeys(per_scan, 2)
     assert counts["segment"] == 1 and counts["cohort_table"] == 1 and counts["figure4"] == 1
-    assert counts["total"] == 2 * len(per_scan) + 1 + 3 + counts.get("qc_report_sample", 0)
+    assert counts["phantom_truth"] == 1  # 4 phantom scans now: measured vs truth joins the cohort steps
+    assert counts["total"] == 2 * len(per_scan) + 1 + 4 + counts.get("qc_report_sample", 0)

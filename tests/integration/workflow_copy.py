@@ -34,14 +34,19 @@ def tiny_sts_model(path: Path) -> Path:
     return path
 
 
-def make_working_copy(root: Path, *, sts_model: Path | None = None) -> Path:
+def make_working_copy(root: Path, *, sts_model: Path | None = None, demo_scans_per_site: int | None = 2) -> Path:
     """Snakefile, workflow/ (+ the profiles link) and config/ copied to ``root``; models/ linked.
+    The copy's demo manifests keep their first ``demo_scans_per_site`` scans (None: all 10).
     Returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     shutil.copytree(REPO / "workflow", root / "workflow")
     (root / "profiles").symlink_to("workflow/profiles")  # as in the repo: the workflow profile
     shutil.copytree(REPO / "config", root / "config")
+    if demo_scans_per_site is not None:
+        for manifest in (root / "config/sites").glob("demo_*.tsv"):
+            lines = manifest.read_text().splitlines()
+            manifest.write_text("\n".join(lines[: 1 + demo_scans_per_site]) + "\n")
     (root / "models").mkdir()
     for model in (REPO / "models").glob("*.pt"):
         (root / "models" / model.name).symlink_to(model)

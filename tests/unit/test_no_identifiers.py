@@ -126,8 +126,6 @@ def test_the_scan_itself_does_hold_the_identifiers(tmp_path):
         assert_no_identifiers(export)
 
 
-@pytest.mark.xfail(strict=True, reason="exclusion markers store the one-line error, which names the input path "
-                   "(hipas_core/cli/_scan_stage.py writes the reason as it is; outside this change)")
 def test_exclusion_markers_hold_no_path(tmp_path, hipas):
     from test_dicom_exports import head_phantom
 
@@ -138,8 +136,6 @@ def test_exclusion_markers_hold_no_path(tmp_path, hipas):
     assert_no_identifiers(out)
 
 
-@pytest.mark.xfail(strict=True, reason="hipas super-resolve stores the input path in its sidecar "
-                   "(hipas_core/cli/super_resolve.py; outside this change)")
 def test_super_resolve_sidecar_holds_no_path(tmp_path, hipas):
     export = patient_export(tmp_path / "archive")
     out = tmp_path / "out"

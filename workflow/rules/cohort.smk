@@ -62,6 +62,38 @@ rule figure4:
         " --age-bin-width {params.age_bin_width} > {log} 2>&1"
 
 
+# Phantom sites only: every index measured against the generator's truth, and the Figure 4 full
+# model on measured beside true indices (hipas phantom-truth, analysis/truth.py).
+rule phantom_truth:
+    input:
+        cohort="results/cohort/metrics.parquet",
+        truth=phantom_truth_files,
+    output:
+        plot=report(
+            "results/figure4/measured_vs_truth.png",
+            caption="../report/measured_vs_truth.rst",
+            category="Figure 4",
+        ),
+        table="results/figure4/measured_vs_truth.csv",
+        agreement="results/figure4/agreement.csv",
+        coefficients="results/figure4/fig4ef_measured_vs_truth.csv",
+    params:
+        folder=lambda wildcards, output: os.path.dirname(output.table),
+        truth=phantom_truth_arguments,
+    log:
+        "results/logs/phantom_truth.log",
+    benchmark:
+        "results/benchmarks/phantom_truth.tsv"
+    conda:
+        "../envs/hipas.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "hipas phantom-truth --cohort {input.cohort} --out {params.folder} {params.truth} > {log} 2>&1"
+
+
 rule qc_report_sample:
     input:
         "results/qc/{scan}.png",

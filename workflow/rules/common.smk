@@ -14,6 +14,7 @@ import yaml
 MANIFEST_SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "workflow/schemas/manifest.schema.yaml")))
 DISEASE_FLAGS = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
 PHANTOM_CT = "results/phantoms/{scan}/ct.nii.gz"
+PHANTOM_LABELS = "results/phantoms/{scan}/labels.nii.gz"
 
 
 class ManifestError(Exception):
@@ -78,10 +79,27 @@ def load_manifests(sites):
                     if not os.access(path, os.R_OK):
                         raise ManifestError(f"{manifest}: line {line}, column path: {path} not found or not readable")
                     row["input"] = path
+                row["labels_input"] = _labels_input(row.get("labels", ""), folder, scan_id, phantom,
+                                                    f"{manifest}: line {line}, column labels")
                 row["site"] = site
                 scans[scan_id] = row
                 site_scans.append(scan_id)
     return scans, by_site
+
+
+def _labels_input(value, folder, scan_id, phantom, where):
+    """The file of a manifest row's own labels (None: the scan is segmented)."""
+    if not value:
+        return None
+    path = os.path.normpath(os.path.join(folder, value))
+    if phantom:
+        expected = os.path.abspath(PHANTOM_LABELS.format(scan=scan_id))
+        if path != expected:
+            raise ManifestError(f"{where}: a phantom site's labels must be {expected}, not {path}")
+        return PHANTOM_LABELS.format(scan=scan_id)
+    if not os.access(path, os.R_OK):
+        raise ManifestError(f"{where}: {path} not found or not readable")
+    return path
 
 
 def chunk_scans(by_site, size):
@@ -94,7 +112,9 @@ def chunk_scans(by_site, size):
 
 
 SCANS, SITE_SCANS = load_manifests(config["sites"])
-BATCHES = chunk_scans(SITE_SCANS, config["segmentation"]["batch_size"])
+LABELLED = {scan for scan, row in SCANS.items() if row["labels_input"]}
+BATCHES = chunk_scans({site: [s for s in ids if s not in LABELLED] for site, ids in SITE_SCANS.items()},
+                      config["segmentation"]["batch_size"])
 BATCH_OF = {scan: key for key, ids in BATCHES.items() for scan in ids}
 
 
@@ -115,20 +135,27 @@ def batch_dir(site, chunk):
     return f"results/segment/{site}/batch{chunk}"
 
 
-def labels_of(scan):
-    """The scan's labels in its own grid (the deliverable)."""
-    site, chunk = BATCH_OF[scan]
-    return f"{batch_dir(site, chunk)}/{scan}.nii.gz"
+IMPORTED_LABELS = "results/scans/{scan}/labels.std.nii.gz"
 
 
 def standard_labels_of(scan):
-    """The scan's labels in the standardized grid (what morphometry measures)."""
+    """The scan's labels in the standardized grid (what morphometry measures): the segment
+    batch's ``<scan>.std.nii.gz``, or the manifest's own labels brought onto that grid."""
+    if scan in LABELLED:
+        return IMPORTED_LABELS.format(scan=scan)
     site, chunk = BATCH_OF[scan]
     return f"{batch_dir(site, chunk)}/{scan}.std.nii.gz"
 
 
-def scan_batch_dir(wildcards):
+def scan_labels_source(wildcards):
+    """What morphometry waits for: the segment batch folder, or the imported labels."""
+    if wildcards.scan in LABELLED:
+        return IMPORTED_LABELS.format(scan=wildcards.scan)
     return batch_dir(*BATCH_OF[wildcards.scan])
+
+
+def own_labels(wildcards):
+    return SCANS[wildcards.scan]["labels_input"]
 
 
 def scan_standard_labels(wildcards):
@@ -164,12 +191,25 @@ def lung_weights_option(wildcards):
     return f"--weights {weights}" if weights else ""
 
 
-def all_segment_batches():
-    return [batch_dir(site, chunk) for site, chunk in BATCHES]
-
 
 def site_options():
     return " ".join(f"--site {site}={entry['manifest']}" for site, entry in config["sites"].items())
+
+
+PHANTOM_SCANS = [scan for scan, row in SCANS.items() if config["sites"][row["site"]].get("phantom", False)]
+
+
+def phantom_truth_files(wildcards):
+    return [f"results/phantoms/{scan}/truth.json" for scan in PHANTOM_SCANS]
+
+
+def phantom_truth_arguments(wildcards, input):
+    return " ".join(f"{scan}={path}" for scan, path in zip(PHANTOM_SCANS, input.truth))
+
+
+def phantom_truth_outputs():
+    """The measured-vs-truth outputs when the cohort has phantom sites (at least 3 scans)."""
+    return rules.phantom_truth.output if len(PHANTOM_SCANS) >= 3 else []
 
 
 def qc_report_sample():

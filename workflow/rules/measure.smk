@@ -1,4 +1,5 @@
-# Per scan: lung mask, then vessel morphometry (one Parquet row) and the QC picture.
+# Per scan: lung mask, then vessel morphometry (one Parquet row) and the QC picture. The labels are
+# the segment batch's, or the scan's own (manifest column `labels`, rule import_labels).
 #
 # Both measure the labels in the standardized grid (segment's `<scan>.std.nii.gz`), on the grid of
 # the lung mask, as the paper does; the labels mapped back to a thick-slice scan's own grid lose
@@ -37,7 +38,7 @@ rule lungs:
 rule morphometry:
     input:
         ct="results/scans/{scan}/std.nii.gz",
-        batch=scan_batch_dir,
+        labels=scan_labels_source,
         lungs="results/scans/{scan}/lungs.nii.gz",
     output:
         row="results/scans/{scan}/morphometry.parquet",

@@ -6,6 +6,7 @@ rule demo_phantom:
     output:
         ct="results/phantoms/{scan}/ct.nii.gz",
         truth="results/phantoms/{scan}/truth.json",
+        labels=PHANTOM_LABELS,
     params:
         arguments=phantom_arguments,
         folder=lambda wildcards, output: os.path.dirname(output.ct),

@@ -32,3 +32,28 @@ rule segment:
         "printf '%s' {params.table:q} > {log.table} &&"
         " hipas segment --batch {log.table} --model {input.model} --device {params.device}"
         " --threads {threads} --exclude-invalid > {log.stderr} 2>&1"
+
+
+# A manifest row with a `labels` file (the user's own annotation, another tool's output, or a
+# phantom's truth) is not segmented: its labels are brought onto the standardized grid, which
+# morphometry measures, exactly where the network's labels would be.
+rule import_labels:
+    input:
+        labels=own_labels,
+        ct="results/scans/{scan}/std.nii.gz",
+        record="results/scans/{scan}/std.json",
+    output:
+        IMPORTED_LABELS,
+    log:
+        "results/logs/import_labels/{scan}.log",
+    benchmark:
+        "results/benchmarks/import_labels/{scan}.tsv"
+    conda:
+        "../envs/hipas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "hipas import-labels -i {input.labels} --ct {input.ct} --record {input.record} -o {output}"
+        " --scan-id {wildcards.scan} --exclude-invalid > {log} 2>&1"
