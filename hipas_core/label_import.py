@@ -11,7 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from hipas_core.errors import InvalidScanError
-from hipas_core.normalize import NormalizationRecord, _resample
+from hipas_core.morphometry import labels_onto_grid
+from hipas_core.normalize import NormalizationRecord
 
 LABEL_VALUES = (0, 1, 2)
 
@@ -23,13 +24,14 @@ def labels_to_standard_grid(
 
     ``record`` is the scan's normalization record: the labels must have its input grid (size,
     spacing, origin and direction), else ``InvalidScanError`` names ``name`` and both grids.
-    Values other than 0, 1, 2 are refused. Where the labels are finer than the standardized
-    grid along some axis, each label is interpolated linearly as a one-hot map and the largest
-    fraction wins (thin vessels survive the coarser grid); otherwise nearest neighbour, which
-    keeps a one-voxel-wide vessel connected on the finer grid (one-hot interpolation breaks
-    diagonal thin vessels into pieces there: on a 1.25 mm phantom the true labels lost 20 % of
-    their centreline length and 19 % of their bifurcations that way, against 4 % and 1 % with
-    nearest neighbour). ``labels`` is not modified.
+    Values other than 0, 1, 2 are refused. The labels are resampled as morphometry resamples
+    labels it measures (``hipas_core.morphometry.labels_onto_grid``: each tree's indicator
+    linearly, the largest fraction of at least 0.3 wins), which keeps a one-voxel-wide vessel
+    connected on the new grid; nearest neighbour or the usual 0.5 break thin vessels that run
+    diagonally through the source grid (on thin-slice phantoms, measured with the workflow's
+    threshold lungs against the generator's truth: mean absolute SL/BC error 4.5 % with 0.3,
+    5.7 % with 0.4, 6.6 % with nearest neighbour, and up to 20 % with 0.5). ``labels`` is not
+    modified.
     """
     reference = record.input_reference()
     same = (
@@ -47,8 +49,7 @@ def labels_to_standard_grid(
     unexpected = sorted(set(values.tolist()) - set(LABEL_VALUES))
     if unexpected:
         raise InvalidScanError(f"{name}: label values {unexpected[:5]} found; expected 0 background, 1 artery, 2 vein")
-    finer = any(i < s - 1e-6 for s, i in zip(standard_ct.GetSpacing(), labels.GetSpacing(), strict=True))
-    return _resample(labels, standard_ct, "label" if finer else "nearest", outside=0.0)
+    return labels_onto_grid(labels, standard_ct)
 
 
 def _mm(values) -> str:

@@ -298,23 +298,7 @@ def standardize_pair(labels_image, lungs_image, *, label_threshold: float = 0.3)
     if _is_standard_grid(labels_image):
         return sitk.Cast(labels_image, sitk.sitkUInt8), sitk.Cast(lungs_image, sitk.sitkUInt8)
     reference = standard_reference(labels_image)
-    array = sitk.GetArrayViewFromImage(labels_image)
-    best = np.full(reference.GetSize()[::-1], label_threshold, np.float32)
-    out = np.zeros(best.shape, np.uint8)
-    for value in TREES.values():
-        indicator = sitk.GetImageFromArray((array == value).astype(np.float32))
-        indicator.CopyInformation(labels_image)
-        fraction = sitk.GetArrayFromImage(
-            sitk.Resample(
-                indicator, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
-            )
-        )
-        wins = fraction >= best
-        out[wins] = value
-        best[wins] = fraction[wins]
-        del fraction
-    std_labels = sitk.GetImageFromArray(out)
-    std_labels.CopyInformation(reference)
+    std_labels = labels_onto_grid(labels_image, reference, label_threshold=label_threshold)
     std_lungs = sitk.Resample(
         sitk.Cast(lungs_image, sitk.sitkUInt8),
         reference,
@@ -324,6 +308,30 @@ def standardize_pair(labels_image, lungs_image, *, label_threshold: float = 0.3)
         sitk.sitkUInt8,
     )
     return std_labels, std_lungs
+
+
+def labels_onto_grid(labels_image, reference, *, label_threshold: float = 0.3):
+    """An artery/vein label map (``SimpleITK.Image``) resampled onto ``reference``'s grid the
+    way morphometry measures it (see ``standardize_pair``): each tree's indicator linearly, the
+    largest fraction of at least ``label_threshold`` wins. Returns a uint8 image."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayViewFromImage(labels_image)
+    best = np.full(reference.GetSize()[::-1], label_threshold, np.float32)
+    out = np.zeros(best.shape, np.uint8)
+    for value in TREES.values():
+        indicator = sitk.GetImageFromArray((array == value).astype(np.float32))
+        indicator.CopyInformation(labels_image)
+        fraction = sitk.GetArrayFromImage(
+            sitk.Resample(indicator, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        )
+        wins = fraction >= best
+        out[wins] = value
+        best[wins] = fraction[wins]
+        del fraction
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(reference)
+    return result
 
 
 def _is_standard_grid(image) -> bool:
