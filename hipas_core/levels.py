@@ -64,9 +64,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hipas_core.conventions import (
+    LEVEL_OFFSET,
+    LEVEL_VALUES,
+    TREES,
+    bounding_box,
+    generation_to_level,
+)
 from hipas_core.skeleton import TeasarParams
-
-TREES: dict[str, int] = {"artery": 1, "vein": 2}
 
 
 def _level_teasar() -> TeasarParams:
@@ -96,12 +101,6 @@ class LevelSettings:
     dip_mm: float = 10.0
     hilum_mm: float = 10.0
     fragment_fraction: float = 0.1
-
-
-def generation_to_level(generation: np.ndarray) -> np.ndarray:
-    """Paper level (0..3) of branch generations (0 mediastinal, 1-2 hilum, 3-5, rest)."""
-    g = np.asarray(generation)
-    return np.where(g <= 0, 0, np.where(g <= 2, 1, np.where(g <= 5, 2, 3))).astype(np.uint8)
 
 
 def vessel_levels(
@@ -320,12 +319,12 @@ def _tree_levels(mask, lung, spacing, settings, out) -> None:
 
     from hipas_core.skeleton import skeletonize
 
-    lo, hi = _bbox(mask, pad=1)
+    lo, hi = bounding_box(mask, pad=1)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     graph = skeletonize(mask[box], spacing=spacing, params=settings.teasar)
     voxels = np.argwhere(mask)
     if graph.n_vertices == 0:
-        out[mask] = 4
+        out[mask] = LEVEL_VALUES[-1]
         return
     offset_mm = np.asarray(lo) * np.asarray(spacing)
     graph.vertices_mm = graph.vertices_mm + offset_mm
@@ -335,7 +334,7 @@ def _tree_levels(mask, lung, spacing, settings, out) -> None:
     else:
         outside = graph.radius_mm >= settings.mediastinal_radius_fraction * graph.radius_mm.max()
     generation = tree_generations(graph, outside=outside, settings=settings)
-    vertex_level = generation_to_level(np.maximum(generation, 0)) + 1
+    vertex_level = generation_to_level(np.maximum(generation, 0)) + LEVEL_OFFSET
     k = min(8, graph.n_vertices)
     dist, near = cKDTree(graph.vertices_mm).query(voxels * np.asarray(spacing), k=k)
     dist, near = dist.reshape(len(voxels), k), near.reshape(len(voxels), k)
@@ -345,15 +344,6 @@ def _tree_levels(mask, lung, spacing, settings, out) -> None:
     relative = dist / np.maximum(graph.radius_mm[near], 1e-3)
     nearest = near[np.arange(len(voxels)), relative.argmin(axis=1)]
     out[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = vertex_level[nearest]
-
-
-def _bbox(mask: np.ndarray, *, pad: int) -> tuple[list[int], list[int]]:
-    lo, hi = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != axis)))
-        lo.append(max(int(hits[0]) - pad, 0))
-        hi.append(min(int(hits[-1]) + 1 + pad, mask.shape[axis]))
-    return lo, hi
 
 
 def level_agreement(levels: np.ndarray, reference: np.ndarray) -> float:

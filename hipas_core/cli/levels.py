@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     scan_id = args.scan_id or default_scan_id(args.labels)
 
     def work() -> None:
-        import numpy as np
         import SimpleITK as sitk
 
         from hipas_core.atomic import write_image
+        from hipas_core.conventions import same_grid
         from hipas_core.errors import InvalidInputError
         from hipas_core.io import read_labels
         from hipas_core.levels import vessel_levels
@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
         lungs = None
         if args.lungs:
             lung_image = read_labels(args.lungs)
-            if lung_image.GetSize() != labels.GetSize() or not np.allclose(
-                lung_image.GetSpacing(), labels.GetSpacing(), rtol=1e-4
-            ):
+            if not same_grid(lung_image, labels, spacing_rtol=1e-4, origin_atol=None, direction_atol=None):
                 raise InvalidInputError(
                     f"{args.lungs}: grid {lung_image.GetSize()} differs from the labels' {labels.GetSize()}"
                 )
