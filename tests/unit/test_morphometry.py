@@ -180,9 +180,10 @@ def test_measure_trees_restricts_to_lungs_and_measures_volumes():
     assert inside["lung_volume_ml"] == pytest.approx(
         np.count_nonzero((lungs > 0) & (labels == 0)) * voxel_ml
     )
-    # the vein runs z = 20..110 mm, the lungs start at z = 30 mm: 80 of 90 mm are inside
-    assert whole["vein"]["sl_mm"] == pytest.approx(90.0, rel=0.03)
-    assert inside["vein"]["sl_mm"] == pytest.approx(80.0, rel=0.03)
+    # the vein's axis runs z = 20..110 mm and its rounded ends (radius 2 mm) reach 18..112 mm, where
+    # its skeleton ends (tips are not trimmed); the lungs start at z = 30 mm: 82 of 94 mm inside
+    assert whole["vein"]["sl_mm"] == pytest.approx(94.0, rel=0.03)
+    assert inside["vein"]["sl_mm"] == pytest.approx(82.0, rel=0.03)
     # the artery root segment starts at z = 5 mm: the root end point is outside the lungs
     assert whole["artery"]["endpoints"] == 9 and inside["artery"]["endpoints"] == 8
     assert whole["artery"]["bc"] == inside["artery"]["bc"] == 7
@@ -208,10 +209,27 @@ def test_non_standard_grid_is_resampled_before_measuring():
     labels = np.zeros(shape, np.uint8)
     labels[rasterize([((10, 30, 30), (100, 40, 45), 2.0)], shape, spacing)] = 2
     result = measure_trees(labels, np.ones(shape, np.uint8), spacing=spacing)
-    true = float(np.linalg.norm([90, 10, 15]))
+    true = float(np.linalg.norm([90, 10, 15])) + 2 * 2.0  # tip to tip: the capsule's rounded ends
     assert result["vein"]["sl_mm"] == pytest.approx(true, rel=0.03)
     # sl_vox is in the standardized grid: about one voxel per 1 mm slice
     assert 85 <= result["vein"]["sl_vox"] <= 110
+
+
+def test_tip_trimming_is_an_option_and_a_flat_ended_tube_measures_its_axis():
+    """The phantoms' vessel tips end flat at the generator's leaf node: the skeleton ends there
+    too, so untrimmed tips (the default) measure the axis; trimming cuts one radius per tip."""
+    from hipas_core.phantom.rasterize import render_capsules
+
+    shape = (120, 60, 60)
+    axes = tuple(np.arange(n) * s for n, s in zip(shape, SP, strict=True))
+    a, b = np.array([[15.0, 20.0, 20.0]]), np.array([[105.0, 20.0, 20.0]])
+    box, signed, owner = render_capsules(axes, a, b, np.array([2.0]), pad=1.0, flat_end=np.array([True]))
+    labels = np.zeros(shape, np.uint8)
+    labels[box][signed <= 0] = 2
+    lungs = np.ones(shape, np.uint8)
+    assert measure_trees(labels, lungs, spacing=SP)["vein"]["sl_mm"] == pytest.approx(90.0 + 2.0, rel=0.03)
+    trimmed = measure_trees(labels, lungs, spacing=SP, settings=MorphometrySettings(trim_tips=True))
+    assert trimmed["vein"]["sl_mm"] == pytest.approx(90.0 + 2.0 - 2 * 2.0, rel=0.03)
 
 
 def _images(labels, lungs, spacing=SP):
