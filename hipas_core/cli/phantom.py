@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hipas_core.phantom.spec import DISEASE_FLAGS
+from hipas_core.conventions import DISEASE_FLAGS
 
 
 def _flag(value: str) -> int:

@@ -17,9 +17,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hipas_core.atomic import write_text
+    from hipas_core.conventions import MANIFEST_COLUMNS
     from hipas_core.errors import InvalidInputError
     from hipas_core.phantom import generate_phantom
-    from hipas_core.phantom.cohort import MANIFEST_COLUMNS, demo_cohort_rows, spec_for_row
+    from hipas_core.phantom.cohort import demo_cohort_rows, spec_for_row
 
     if args.scans_per_site < 1:
         raise InvalidInputError(f"phantom-cohort: --scans-per-site must be >= 1, got {args.scans_per_site}")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hipas_core.phantom.spec import DISEASE_FLAGS, PhantomSpec, stream
+from hipas_core.conventions import DISEASE_FLAGS
+from hipas_core.phantom.spec import PhantomSpec, stream
 
 __all__ = ["DISEASE_FLAGS", "Phantom", "PhantomSpec", "generate_phantom"]
 
@@ -71,7 +72,7 @@ def _image(array: np.ndarray, grid):
 
 def _lesions(spec: PhantomSpec, anatomy, trees) -> dict:
     """Embolus edge, calcified plaques and the nodule (deterministic for the seed)."""
-    from hipas_core.phantom.vessels import ARTERY, VEIN
+    from hipas_core.conventions import ARTERY, VEIN
 
     rng = stream(spec.seed, "lesions")
     extras: dict = {}

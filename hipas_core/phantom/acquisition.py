@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from hipas_core.conventions import ARTERY, VEIN
 from hipas_core.phantom.airways import bronchial_segments
 from hipas_core.phantom.anatomy import Anatomy
 from hipas_core.phantom.rasterize import coverage, paint_capsules, render_capsules
 from hipas_core.phantom.spec import PhantomSpec, stream
-from hipas_core.phantom.vessels import ARTERY, VEIN, VesselTree
+from hipas_core.phantom.vessels import VesselTree
 
 MATRIX = {"small": 192, "full": 512}
 MAX_SMALL_SLICES = 200

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipas_core.phantom.spec import DISEASE_FLAGS, FLAG_PREVALENCE, stream
+from hipas_core.conventions import DISEASE_FLAGS, MANIFEST_COLUMNS
+from hipas_core.phantom.spec import FLAG_PREVALENCE, stream
 
 # name: (age mean, age sd, male fraction, protocols)
 SITES: dict[str, tuple[float, float, float, tuple[str, ...]]] = {
@@ -22,9 +23,6 @@ SITES: dict[str, tuple[float, float, float, tuple[str, ...]]] = {
     "shanghai": (51.3, 9.5, 0.462, ("NCCT", "CTPA")),
     "nanjing": (51.6, 11.4, 0.625, ("NCCT", "CTPA")),
 }
-
-MANIFEST_COLUMNS = ("scan_id", "path", "sex", "age", "protocol", *DISEASE_FLAGS)
-
 
 THICK_SLICES_MM = (2.5, 3.0, 5.0)
 """Slice thicknesses of a demo cohort's thick-slice scans (the paper's 2.5-5 mm range)."""

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from hipas_core.conventions import DISEASE_FLAGS
 from hipas_core.errors import InvalidInputError
 
 SIZES = ("small", "full")
 PROTOCOLS = ("ncct", "ctpa")
-DISEASE_FLAGS = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
 
 # prevalence of each flag when drawn from the seed (a demo population, not an epidemiology)
 FLAG_PREVALENCE = {

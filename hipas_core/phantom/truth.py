@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipas_core.phantom.vessels import ARTERY, VEIN, VesselTree
+from hipas_core.conventions import ARTERY, TREES, VEIN
+from hipas_core.phantom.vessels import VesselTree
 
-TREE_NAMES = {ARTERY: "artery", VEIN: "vein"}
+TREE_NAMES = {value: name for name, value in TREES.items()}
 SAMPLE_MM = 0.25
 
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-ARTERY, VEIN = 1, 2
+from hipas_core.conventions import ARTERY, LEVEL_OFFSET, VEIN, generation_to_level
+
 # bits of the per-node ``info`` array used while building: fixed (never pruned or moved),
 # mediastinal (paper level 0), and the lung side in bits 2-3 (0 mediastinum, 1 right, 2 left)
 FIXED, MEDIASTINAL = 1, 2
@@ -71,8 +72,7 @@ class VesselTree:
     @property
     def level(self) -> np.ndarray:
         """Paper level + 1 of each node's incoming edge: 1 mediastinum, 2 gen 1-2, 3 gen 3-5, 4 rest."""
-        g = self.generation
-        return np.where(g == 0, 1, np.where(g <= 2, 2, np.where(g <= 5, 3, 4))).astype(np.uint8)
+        return generation_to_level(self.generation) + LEVEL_OFFSET  # generations are >= 0
 
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, radius, child index) of every drawn edge."""
