@@ -24,16 +24,15 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.cohort import LUNG_VOLUME_RANGE_L
+from hipas_core.conventions import COHORT_COLUMNS, DISEASE_FLAGS
+from hipas_core.conventions import MANIFEST_REQUIRED as _MANIFEST_COLUMNS
 from hipas_core.errors import InvalidInputError
 from hipas_core.exclusion import read_marker
 
-DISEASE_FLAGS: tuple[str, ...] = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
-MANIFEST_REQUIRED: tuple[str, ...] = ("scan_id", "sex", "age", "protocol")
+# the manifest columns the cohort table takes (the scans' paths are the workflow's business)
+MANIFEST_REQUIRED: tuple[str, ...] = tuple(c for c in _MANIFEST_COLUMNS if c != "path")
 RENAMED: dict[str, str] = {"artery_sl_vox": "SLPA", "vein_sl_vox": "SLPV", "artery_bc": "BCPA", "vein_bc": "BCPV"}
-LEADING_COLUMNS: tuple[str, ...] = (
-    "scan_id", "site", "sex", "age", "protocol", "slice_thickness_mm", "lung_volume_l",
-    "SLPA", "SLPV", "BCPA", "BCPV", *DISEASE_FLAGS,
-)
+LEADING_COLUMNS: tuple[str, ...] = COHORT_COLUMNS
 EXCLUSION_COLUMNS: tuple[str, ...] = ("scan_id", "site", "stage", "reason")
 
 

@@ -19,16 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hipas_core.conventions import COHORT_COLUMNS, INDICES, PROTOCOLS, SEXES
+from hipas_core.conventions import DISEASE_FLAGS as DISEASES
 from hipas_core.errors import InvalidInputError
 
-INDICES: tuple[str, ...] = ("SLPA", "SLPV", "BCPA", "BCPV")
-DISEASES: tuple[str, ...] = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
-SEXES: tuple[str, ...] = ("M", "F")
-PROTOCOLS: tuple[str, ...] = ("NCCT", "CTPA")
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "scan_id", "site", "sex", "age", "protocol", "slice_thickness_mm", "lung_volume_l",
-    *INDICES, *DISEASES,
-)
+REQUIRED_COLUMNS: tuple[str, ...] = COHORT_COLUMNS
 # Plausible ranges (inclusive). Lung volume in litres: values in the thousands are millilitres;
 # the low bound admits the project's reduced demo phantoms (size "small": about 0.3 L).
 AGE_RANGE_YEARS = (0.0, 120.0)
