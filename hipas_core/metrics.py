@@ -59,7 +59,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TREES: dict[str, int] = {"artery": 1, "vein": 2}
+from hipas_core.conventions import (
+    ARTERY,
+    STANDARD_SPACING,
+    TREES,
+    VEIN,
+    bounding_box,
+    bounding_slices,
+    is_standard_spacing,
+)
+
 DETECTION_FRACTION = 0.8
 METRIC_COLUMNS: tuple[str, ...] = (
     "dsc",
@@ -114,11 +123,11 @@ def misclassification_score(
     if region is not None:
         region = np.asarray(region, bool)
         pred, truth = pred[region], truth[region]
-    cross = np.count_nonzero((pred == 1) & (truth == 2)) + np.count_nonzero(
-        (pred == 2) & (truth == 1)
+    cross = np.count_nonzero((pred == ARTERY) & (truth == VEIN)) + np.count_nonzero(
+        (pred == VEIN) & (truth == ARTERY)
     )
-    total = np.count_nonzero((pred == 1) | (pred == 2)) + np.count_nonzero(
-        (truth == 1) | (truth == 2)
+    total = np.count_nonzero((pred == ARTERY) | (pred == VEIN)) + np.count_nonzero(
+        (truth == ARTERY) | (truth == VEIN)
     )
     return _ratio(2 * cross, total)
 
@@ -142,14 +151,10 @@ def surface_distances(
 
     a = np.asarray(a, bool)
     b = np.asarray(b, bool)
-    union = a | b
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(union.any(axis=tuple(j for j in range(3) if j != axis)))
-        box.append(slice(max(0, int(hits[0]) - 1), min(union.shape[axis], int(hits[-1]) + 2)))
+    box = bounding_slices(a | b, pad=1)
     # outside the box both masks are empty, so surfaces and distances in the crop are exact (a crop
     # edge on the volume border keeps the border as outside)
-    sa, sb = _surface(a[tuple(box)]), _surface(b[tuple(box)])
+    sa, sb = _surface(a[box]), _surface(b[box])
     dist_to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
     dist_to_a = ndi.distance_transform_edt(~sa, sampling=spacing)
     return dist_to_b[sa], dist_to_a[sb]
@@ -364,7 +369,6 @@ def evaluate_labels(
 
 def _skeleton_metrics(pred, truth, lung, spacing, largest_component) -> dict:
     """TD, BD, SL and BC ratios per (tree, region), in the standardized grid."""
-    from hipas_core.grid import STANDARD_SPACING
     from hipas_core.morphometry import MorphometrySettings, measure_trees
 
     settings = MorphometrySettings()
@@ -401,7 +405,6 @@ def _skeleton_metrics(pred, truth, lung, spacing, largest_component) -> dict:
 def reference_skeleton(mask: np.ndarray, *, settings=None):
     """Skeleton graph of a (z, y, x) mask in the standardized grid, traced and spur-pruned as
     morphometry does (``MorphometrySettings``), vertices in the array frame (mm)."""
-    from hipas_core.grid import STANDARD_SPACING
     from hipas_core.morphometry import MorphometrySettings
     from hipas_core.skeleton import prune_spurs, skeletonize
 
@@ -409,13 +412,9 @@ def reference_skeleton(mask: np.ndarray, *, settings=None):
     mask = np.asarray(mask, bool)
     if not mask.any():
         return skeletonize(np.zeros((1, 1, 1), np.uint8), spacing=STANDARD_SPACING)
-    lo = []
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != axis)))
-        lo.append(max(0, int(hits[0]) - 1))
-        box.append(slice(lo[-1], min(mask.shape[axis], int(hits[-1]) + 2)))
-    graph = skeletonize(mask[tuple(box)], spacing=STANDARD_SPACING, params=settings.teasar)
+    lo, hi = bounding_box(mask, pad=1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    graph = skeletonize(mask[box], spacing=STANDARD_SPACING, params=settings.teasar)
     graph.vertices_mm = graph.vertices_mm + np.asarray(lo) * np.asarray(STANDARD_SPACING)
     return prune_spurs(
         graph, min_length_mm=settings.spur_min_mm, radius_factor=settings.spur_radius_factor
@@ -442,10 +441,9 @@ def _to_standard_grid(pred, truth, lung, spacing):
     """Label maps (and lungs) resampled to the standardized grid, as ``measure_trees`` would."""
     import SimpleITK as sitk
 
-    from hipas_core.grid import STANDARD_SPACING
     from hipas_core.morphometry import standardize_pair
 
-    if np.allclose(spacing, STANDARD_SPACING, rtol=1e-4, atol=1e-5):
+    if is_standard_spacing(spacing):
         return pred, truth, None if lung is None else lung.astype(np.uint8)
 
     def image(array):
