@@ -73,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
         pred = read_labels(args.pred)
         truth = read_labels(args.truth)
-        _same_grid(pred, truth, args.pred, args.truth)
+        _require_same_grid(pred, truth, args.pred, args.truth)
         lungs = probabilities = None
         if args.lungs:
             lung_image = read_labels(args.lungs)
-            _same_grid(lung_image, truth, args.lungs, args.truth)
+            _require_same_grid(lung_image, truth, args.lungs, args.truth)
             lungs = sitk.GetArrayViewFromImage(lung_image)
         truth_array = sitk.GetArrayViewFromImage(truth)
         if args.probabilities:
@@ -179,10 +179,12 @@ def _write_table(path: str, frame, metadata) -> None:
         write_text(path, frame.to_csv(index=False))
 
 
-def _same_grid(a, b, path_a, path_b) -> None:
-    import numpy as np
+def _require_same_grid(a, b, path_a, path_b) -> None:
+    """``InvalidInputError`` unless sizes match and spacings agree to rtol 1e-4 (origins and
+    directions are not compared)."""
+    from hipas_core.conventions import same_grid
 
-    if a.GetSize() != b.GetSize() or not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4):
+    if not same_grid(a, b, spacing_rtol=1e-4, origin_atol=None, direction_atol=None):
         raise InvalidInputError(
             f"{path_a}: grid {a.GetSize()} spacing {tuple(round(s, 4) for s in a.GetSpacing())} differs "
             f"from {path_b} {b.GetSize()} {tuple(round(s, 4) for s in b.GetSpacing())}"

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     def work() -> None:
         import SimpleITK as sitk
 
+        from hipas_core.conventions import same_grid
         from hipas_core.errors import InvalidScanError
         from hipas_core.qc import render_qc_png
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         labels = _read(args.labels)
         if ct.GetDimension() != 3:
             raise InvalidScanError(f"{args.input}: not a 3-D image")
-        if labels.GetSize() != ct.GetSize() or labels.GetSpacing() != ct.GetSpacing():
+        # labels on another grid (size or exact spacing) are resampled onto the CT's
+        if not same_grid(labels, ct, spacing_rtol=0.0, spacing_atol=0.0, origin_atol=None, direction_atol=None):
             labels = sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         render_qc_png(ct, sitk.Cast(labels, sitk.sitkUInt8), args.output, title=args.title or scan_id)
 
