@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hipas_core.conventions import ARTERY, TREES, VEIN, bounding_slices
+
 BRIGHT_HU = -400.0
 HILUM_DISTANCE_MM = 15.0
 
@@ -56,14 +58,14 @@ def plausibility_figures(ct_hu: np.ndarray, labels: np.ndarray, *, spacing: Sequ
     bright = (ct_hu > BRIGHT_HU) & ndimage.binary_erosion(in_lungs, iterations=2)
     figures = {
         "inside_cavity": float((vessel & cavity).sum() / max(vessel.sum(), 1)),
-        "artery_top3": _largest_components_share(labels == 1),
-        "vein_top3": _largest_components_share(labels == 2),
+        "artery_top3": _largest_components_share(labels == ARTERY),
+        "vein_top3": _largest_components_share(labels == VEIN),
         "bright_lung_predicted": float((bright & vessel).sum() / max(bright.sum(), 1)),
         "lung_total_ml": float(in_lungs.sum() * np.prod(spacing) / 1000.0),
-        "artery_voxels": int((labels == 1).sum()),
-        "vein_voxels": int((labels == 2).sum()),
+        "artery_voxels": int((labels == ARTERY).sum()),
+        "vein_voxels": int((labels == VEIN).sum()),
     }
-    box = tuple(slice(int(np.min(i)), int(np.max(i)) + 1) for i in np.nonzero(in_lungs)) if in_lungs.any() else ()
+    box = bounding_slices(in_lungs) if in_lungs.any() else ()
     labels, lungs, in_lungs = labels[box], lungs[box], in_lungs[box]
     # hila: the medial (mediastinal) side of each lung, i.e. the lung voxels within 15 mm of the
     # lung's side that faces the other lung, in the middle third of the lungs' height; a tree
@@ -83,7 +85,7 @@ def plausibility_figures(ct_hu: np.ndarray, labels: np.ndarray, *, spacing: Sequ
             medial = xs.max() if side == 0 else xs.min()
             band = np.abs(columns - medial) * spacing[2] <= HILUM_DISTANCE_MM
             hila[side][z0:z1] = lung & band[None, None, :]
-    for tree, value in (("artery", 1), ("vein", 2)):
+    for tree, value in TREES.items():
         trunk = _largest_component(labels == value)
         near = edt.edt(~trunk, anisotropy=spacing, parallel=1) <= 5.0 if trunk.any() else trunk
         figures[f"{tree}_reaches_hila"] = bool(all((near & hila[side]).any() for side in (0, 1)))

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from hipas_core.conventions import ARTERY, VEIN
+
 ARTERY_RGB = (0.15, 0.45, 1.0)
 VEIN_RGB = (1.0, 0.2, 0.15)
 DISPLAY_WINDOW_HU = (-1000.0, 400.0)
@@ -20,7 +22,7 @@ def _overlay(ct2d: np.ndarray, lab2d: np.ndarray, alpha: float = 0.55) -> np.nda
     lo, hi = DISPLAY_WINDOW_HU
     gray = np.clip((ct2d.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    for value, colour in ((1, ARTERY_RGB), (2, VEIN_RGB)):
+    for value, colour in ((ARTERY, ARTERY_RGB), (VEIN, VEIN_RGB)):
         mask = lab2d == value
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.array(colour, np.float32)
     return rgb
@@ -36,7 +38,7 @@ def _projection(labels: np.ndarray) -> np.ndarray:
     depth = first[z_idx, x_idx] / max(labels.shape[1] - 1, 1)
     shade = 1.0 - 0.6 * depth
     rgb = np.zeros(any_hit.shape + (3,), np.float32)
-    colours = np.where((kind == 1)[:, None], np.array(ARTERY_RGB), np.array(VEIN_RGB))
+    colours = np.where((kind == ARTERY)[:, None], np.array(ARTERY_RGB), np.array(VEIN_RGB))
     rgb[z_idx, x_idx] = colours * shade[:, None]
     return rgb
 
