@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hipas_core.conventions import bounding_slices
 from hipas_core.errors import InvalidInputError, InvalidScanError
 
 LUNG_THRESHOLD_HU = -320.0
@@ -184,15 +185,7 @@ def _split_left_right(lung: np.ndarray) -> list[np.ndarray]:
     import cc3d
     from scipy import ndimage
 
-    lo = [
-        int(np.flatnonzero(lung.any(axis=tuple(a for a in range(3) if a != ax)))[0])
-        for ax in range(3)
-    ]
-    hi = [
-        int(np.flatnonzero(lung.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1
-        for ax in range(3)
-    ]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = bounding_slices(lung)
     crop = lung[box]
     eroded = crop
     structure = np.zeros((1, 3, 3), bool)
