@@ -34,7 +34,7 @@ I2SR_THICKNESS_MM: float = 2.0
 """Slices thicker than this are super-resolved (I2SR) instead of interpolated in z."""
 
 
-def needs_i2sr(thickness_mm: float, threshold_mm: float = I2SR_THICKNESS_MM) -> bool:
+def needs_super_resolution(thickness_mm: float, threshold_mm: float = I2SR_THICKNESS_MM) -> bool:
     """Whether slices of ``thickness_mm`` are super-resolved (I2SR): thicker than
     ``threshold_mm`` by more than 1e-6 mm (a recorded 2.0000001 mm is still 2 mm)."""
     return thickness_mm > threshold_mm + 1e-6

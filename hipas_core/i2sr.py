@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hipas_core.conventions import HU_WINDOW, META_SLICE_THICKNESS
 from hipas_core.errors import InvalidInputError
-from hipas_core.grid import HU_WINDOW
 from hipas_core.progress import Progress, log
 
 CHECKPOINT_FORMAT = "hipas-i2sr/1"
@@ -311,7 +311,7 @@ def super_resolve(image: sitk.Image, *, model: I2SRNet, device: str = "cpu", pro
     out.SetSpacing((spacing[0], spacing[1], model.config.target_spacing_mm))
     out.SetOrigin(image.GetOrigin())
     out.SetDirection(image.GetDirection())
-    out.SetMetaData("hipas_slice_thickness_mm", f"{model.config.target_spacing_mm:g}")
+    out.SetMetaData(META_SLICE_THICKNESS, f"{model.config.target_spacing_mm:g}")
     return out
 
 

@@ -61,8 +61,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from hipas_core.conventions import (
+    META_SLICE_THICKNESS,
+    META_SOURCE_FORMAT,
+    META_SPACING_ASSUMED,
+    META_SPACING_SOURCE,
+    STANDARD_SPACING,
+)
 from hipas_core.errors import InvalidInputError, InvalidScanError
-from hipas_core.grid import STANDARD_SPACING
 
 MIN_SLICES = 16
 """Fewer slices than this is not a chest CT volume."""
@@ -74,11 +80,6 @@ GANTRY_TILT_TOLERANCE_DEG = 0.5
 
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HU_LOWEST_PLAUSIBLE_MIN = -500.0  # a chest CT always holds air (about -1000 HU)
-
-META_SOURCE_FORMAT = "hipas_source_format"
-META_SLICE_THICKNESS = "hipas_slice_thickness_mm"
-META_SPACING_ASSUMED = "hipas_spacing_assumed"
-META_SPACING_SOURCE = "hipas_spacing_source"
 
 
 # --------------------------------------------------------------------------------------------

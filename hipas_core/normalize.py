@@ -25,7 +25,15 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from hipas_core.grid import HU_WINDOW, I2SR_THICKNESS_MM, STANDARD_ORIENTATION, STANDARD_SPACING
+from hipas_core.conventions import (
+    HU_WINDOW,
+    I2SR_THICKNESS_MM,
+    META_SLICE_THICKNESS,
+    META_SPACING_ASSUMED,
+    STANDARD_ORIENTATION,
+    STANDARD_SPACING,
+    needs_super_resolution,
+)
 
 Interpolation = Literal["linear", "nearest", "label", "auto"]
 
@@ -88,9 +96,9 @@ class NormalizationRecord:
 
 def slice_thickness_mm(image: sitk.Image) -> float:
     """Slice thickness recorded by ``hipas_core.io.read_ct``, else the spacing along the slice axis."""
-    if image.HasMetaDataKey("hipas_slice_thickness_mm"):
+    if image.HasMetaDataKey(META_SLICE_THICKNESS):
         try:
-            value = float(image.GetMetaData("hipas_slice_thickness_mm"))
+            value = float(image.GetMetaData(META_SLICE_THICKNESS))
             if value > 0:
                 return value
         except ValueError:
@@ -169,7 +177,7 @@ def normalize_ct(
     otherwise interpolated trilinearly like thin slices; ``record.z_method`` says which.
     """
     thickness = slice_thickness_mm(image)
-    needs_i2sr = thickness > i2sr_threshold_mm + 1e-6
+    needs_i2sr = needs_super_resolution(thickness, i2sr_threshold_mm)
     source, z_method, notes = image, "linear", []
     if needs_i2sr and i2sr_model is not None:
         from hipas_core.i2sr import super_resolve
@@ -184,7 +192,7 @@ def normalize_ct(
         notes.append(f"slice thickness {thickness:g} mm > {i2sr_threshold_mm:g} mm; no I2SR model given, z resampled trilinearly")
     reference = standard_reference(image)
     standard = _resample(source, reference, "linear", outside=CT_OUTSIDE_HU)
-    assumed = image.HasMetaDataKey("hipas_spacing_assumed") and image.GetMetaData("hipas_spacing_assumed") == "1"
+    assumed = image.HasMetaDataKey(META_SPACING_ASSUMED) and image.GetMetaData(META_SPACING_ASSUMED) == "1"
     if assumed:
         notes.append("input voxel spacing was assumed (not in the file or a metadata table)")
     record = NormalizationRecord(

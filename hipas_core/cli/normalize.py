@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
-from hipas_core.grid import I2SR_THICKNESS_MM
+from hipas_core.conventions import I2SR_THICKNESS_MM
 
 
 def sidecar_path(output: str | Path) -> Path:
@@ -48,20 +48,17 @@ def run(args: argparse.Namespace) -> int:
         import SimpleITK as sitk
 
         from hipas_core.atomic import write_image_and_sidecar
+        from hipas_core.conventions import needs_super_resolution, resolve_device
         from hipas_core.io import read_ct, voxel_sha256
         from hipas_core.normalize import normalize_ct, slice_thickness_mm
         from hipas_core.provenance import file_sha256, provenance
 
         image = read_ct(args.input, metadata_table=args.metadata_table, series_uid=args.series_uid)
         model, device = None, "cpu"
-        if args.i2sr_model and slice_thickness_mm(image) > args.i2sr_threshold_mm + 1e-6:
-            import torch
-
+        if args.i2sr_model and needs_super_resolution(slice_thickness_mm(image), args.i2sr_threshold_mm):
             from hipas_core.i2sr import load_model
 
-            device = args.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(args.device)
             model = load_model(args.i2sr_model, device=device)
         standard, record = normalize_ct(
             image, i2sr_model=model, device=device, i2sr_threshold_mm=args.i2sr_threshold_mm
