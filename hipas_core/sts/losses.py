@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hipas_core.conventions import ARTERY, VEIN
+
 EPS = 1.0
 
 
@@ -114,7 +116,7 @@ def skeleton_recall_loss(logits: torch.Tensor, skeleton: torch.Tensor, *, eps: f
     A tree with no centreline in the patch scores 1 (no loss). Only recall is charged, so thin
     vessels the network misses cost as much per centreline voxel as thick ones."""
     prob = torch.sigmoid(logits.float())
-    target = torch.stack([skeleton == 1, skeleton == 2], dim=1).to(prob.dtype)
+    target = torch.stack([skeleton == ARTERY, skeleton == VEIN], dim=1).to(prob.dtype)
     dims = tuple(range(2, prob.ndim))
     recall = ((prob * target).sum(dims) + eps) / (target.sum(dims) + eps)
     return 1 - recall.mean()

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hipas_core.conventions import DEMO_VESSELNESS_SIGMAS_MM
 from hipas_core.errors import InvalidInputError
 from hipas_core.sts.network import (
     DOWNSAMPLINGS,
@@ -376,7 +377,9 @@ def refreeze_encoders(model: nn.Module) -> None:
                 parameter.requires_grad_(False)
 
 
-def prepare_unlabelled(ct, *, vesselness_sigmas_mm: Sequence[float] = (0.7, 1.5), margin_mm: float = 10.0) -> np.ndarray:
+def prepare_unlabelled(
+    ct, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM, margin_mm: float = 10.0
+) -> np.ndarray:
     """An unlabelled CT (``SimpleITK.Image`` in HU, any grid) as a pre-training volume: the
     standardized grid, cropped to the lungs as ``hipas_core.sts.data.prepare_case`` does (the
     whole volume when no lungs are found), windowed CT and its vesselness; (2, Z, Y, X) float16."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hipas_core.conventions import ARTERY, DEMO_VESSELNESS_SIGMAS_MM, LEVEL_OFFSET, VEIN
 from hipas_core.errors import InvalidInputError
 from hipas_core.progress import Progress
 from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoint, save_checkpoint
@@ -65,7 +66,7 @@ class TrainConfig:
     amp: bool = True  # CUDA only
     inference_window: tuple[int, int, int] | None = None  # default: the patch
     inference_overlap: float = 0.25
-    vesselness_sigmas_mm: tuple[float, ...] = (0.7, 1.5)
+    vesselness_sigmas_mm: tuple[float, ...] = DEMO_VESSELNESS_SIGMAS_MM
     encoder_init: str | None = None  # a `hipas pretrain` checkpoint copied into every stage's encoder
     freeze_encoder: bool = True  # the paper: encoder fixed when transferred, only the decoder trained
     # stagewise: stage s >= 1 reads P^{s-1} of the frozen stages from a per-case cache, computed
@@ -99,8 +100,8 @@ class TrainConfig:
 
 def _stage_targets(labels: torch.Tensor, levels: torch.Tensor, stage: int) -> torch.Tensor:
     """(B, 2, ...) artery/vein annotation of levels <= stage from labels and levels (B, ...)."""
-    keep = (levels >= 1) & (levels <= stage + 1)
-    return torch.stack([(labels == 1) & keep, (labels == 2) & keep], dim=1).float()
+    keep = (levels >= LEVEL_OFFSET) & (levels <= stage + LEVEL_OFFSET)
+    return torch.stack([(labels == ARTERY) & keep, (labels == VEIN) & keep], dim=1).float()
 
 
 def _territory(territory: torch.Tensor, stage: int) -> torch.Tensor:
