@@ -43,7 +43,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hipas_core.grid import STANDARD_SPACING
+from hipas_core.conventions import (
+    STANDARD_SPACING,
+    TREES,
+    bounding_box,
+    is_standard_grid,
+    same_grid,
+)
 from hipas_core.skeleton import (
     SkeletonGraph,
     TeasarParams,
@@ -55,7 +61,6 @@ from hipas_core.skeleton import (
     skeletonize,
 )
 
-TREES: dict[str, int] = {"artery": 1, "vein": 2}
 DEFAULT_LUNG_MARGIN_MM = 0.0
 DEFAULT_SMOOTHING_MM = 1.5
 DEFAULT_JUNCTION_MERGE_MM = 2.0
@@ -174,7 +179,7 @@ def _measure_images(
 
     # resample only the vessels' bounding box (a third to a half of a chest scan's voxels)
     if native_labels.any():
-        lo, hi = _bbox(native_labels > 0, pad=3)
+        lo, hi = bounding_box(native_labels > 0, pad=3)
         box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))  # SimpleITK: x, y, z
         labels_image, lungs_image = labels_image[box], lungs_image[box]
     std_labels, std_lungs = standardize_pair(
@@ -202,7 +207,7 @@ def _skeleton_in_bbox(mask: np.ndarray, settings: MorphometrySettings) -> Skelet
     connected components then run on the tree's extent instead of the whole scan."""
     if not mask.any():
         return skeletonize(np.zeros((1, 1, 1), np.uint8), spacing=STANDARD_SPACING)
-    lo, hi = _bbox(mask, pad=1)
+    lo, hi = bounding_box(mask, pad=1)
     crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     graph = skeletonize(
         crop,
@@ -254,16 +259,6 @@ def _skeleton_figures(
     }
 
 
-def _bbox(mask: np.ndarray, *, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        lo.append(max(int(hits[0]) - pad, 0))
-        hi.append(min(int(hits[-1]) + 1 + pad, mask.shape[axis]))
-    return np.asarray(lo), np.asarray(hi)
-
-
 def _intrapulmonary(lungs: np.ndarray, settings: MorphometrySettings, spacing) -> np.ndarray:
     """The region whose vessels count as intrapulmonary: each lung of the (z, y, x) lung label
     map (one closing per nonzero value, so the two lungs are never bridged across the
@@ -302,7 +297,7 @@ def standardize_pair(labels_image, lungs_image, *, label_threshold: float = 0.3)
 
     from hipas_core.normalize import standard_reference
 
-    if _is_standard_grid(labels_image):
+    if is_standard_grid(labels_image):
         return sitk.Cast(labels_image, sitk.sitkUInt8), sitk.Cast(lungs_image, sitk.sitkUInt8)
     reference = standard_reference(labels_image)
     std_labels = labels_onto_grid(labels_image, reference, label_threshold=label_threshold)
@@ -341,21 +336,6 @@ def labels_onto_grid(labels_image, reference, *, label_threshold: float = 0.3):
     return result
 
 
-def _is_standard_grid(image) -> bool:
-    return bool(
-        np.allclose(image.GetSpacing(), tuple(reversed(STANDARD_SPACING)), rtol=1e-4, atol=1e-5)
-    )
-
-
-def _same_grid(a, b) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-5)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
-    )
-
-
 def morphometry_row(
     labels_image,
     lungs_image,
@@ -376,7 +356,7 @@ def morphometry_row(
     from hipas_core.provenance import provenance
 
     settings = settings or MorphometrySettings()
-    if not _same_grid(labels_image, lungs_image):
+    if not same_grid(labels_image, lungs_image):
         lungs_image = sitk.Resample(
             lungs_image, labels_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
         )
