@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hipas_core.conventions import bounding_slices
+from hipas_core.conventions import bounding_box, bounding_slices
 from hipas_core.errors import InvalidInputError, InvalidScanError
 
 LUNG_THRESHOLD_HU = -320.0
@@ -256,10 +256,9 @@ def _box_of(keep: np.ndarray, ct_image, margin_mm: float) -> tuple[slice, slice,
     pad = np.ceil(margin_mm / spacing).astype(int)
     full_shape = np.asarray(sitk.GetArrayViewFromImage(ct_image).shape)
     box = []
-    for axis in range(3):
-        hits = np.flatnonzero(keep.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo = max(0, hits[0] * step[axis] - pad[axis])
-        hi = min(int(full_shape[axis]), (hits[-1] + 1) * step[axis] + pad[axis])
+    for axis, (first, end) in enumerate(zip(*bounding_box(keep), strict=True)):  # in keep's voxels
+        lo = max(0, first * step[axis] - pad[axis])
+        hi = min(int(full_shape[axis]), end * step[axis] + pad[axis])
         box.append(slice(int(lo), int(hi)))
     return tuple(box)
 
