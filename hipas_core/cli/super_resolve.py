@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
 from hipas_core.cli.normalize import sidecar_path
-from hipas_core.grid import I2SR_THICKNESS_MM
+from hipas_core.conventions import I2SR_THICKNESS_MM
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "i2sr-demo.pt"
 
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         import SimpleITK as sitk
 
         from hipas_core.atomic import write_image_and_sidecar
+        from hipas_core.conventions import needs_super_resolution, resolve_device
         from hipas_core.errors import InvalidInputError
         from hipas_core.io import read_ct, voxel_sha256
         from hipas_core.normalize import slice_thickness_mm
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "input_spacing": list(image.GetSpacing()[::-1]),
             "threshold_mm": threshold,
         }
-        if thickness <= threshold + 1e-6:
+        if not needs_super_resolution(thickness, threshold):
             result = image
             record.update(copied_through=True, reason=f"slice thickness {thickness:g} mm <= {threshold:g} mm: copied unchanged")
             params = {}
@@ -66,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
             from hipas_core.i2sr import load_model, super_resolve
 
-            device = args.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(args.device)
             if device == "cuda" and not torch.cuda.is_available():
                 raise InvalidInputError("--device cuda: no CUDA device available")
             model = load_model(args.model, device=device)

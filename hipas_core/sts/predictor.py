@@ -27,8 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hipas_core.conventions import (
+    ARTERY,
+    DEMO_VESSELNESS_SIGMAS_MM,
+    STANDARD_SPACING,
+    VEIN,
+    is_standard_grid,
+    resolve_device,
+)
 from hipas_core.errors import InvalidInputError, InvalidScanError
-from hipas_core.grid import STANDARD_SPACING
 from hipas_core.progress import Progress, stage
 from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
 from hipas_core.sts.network import SIZE_MULTIPLE
@@ -69,8 +76,8 @@ def calibrate_thresholds(predictor: Predictor, scans, *, grid=THRESHOLD_GRID) ->
     total = np.zeros((2, len(grid)))
     for ct, truth in scans:
         probs = sitk.GetArrayFromImage(predictor.segment(ct, probabilities=True).probabilities)  # (Z, Y, X, 2)
-        for tree in range(2):
-            wanted = truth == tree + 1
+        for tree, value in enumerate((ARTERY, VEIN)):  # probability channels: artery, vein
+            wanted = truth == value
             for k, t in enumerate(grid):
                 pred = probs[..., tree] > t
                 inter[tree, k] += np.count_nonzero(pred & wanted)
@@ -87,19 +94,12 @@ def pooled_dice(predictor: Predictor, scans) -> tuple[float, float]:
     inter, total = np.zeros(2), np.zeros(2)
     for ct, truth in scans:
         labels = sitk.GetArrayFromImage(predictor.segment(ct).labels)
-        for tree in range(2):
-            pred, wanted = labels == tree + 1, truth == tree + 1
+        for tree, value in enumerate((ARTERY, VEIN)):
+            pred, wanted = labels == value, truth == value
             inter[tree] += np.count_nonzero(pred & wanted)
             total[tree] += np.count_nonzero(pred) + np.count_nonzero(wanted)
     dice = 2 * inter / np.maximum(total, 1)
     return float(dice[0]), float(dice[1])
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when CUDA is available, else ``"cpu"``; other names unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def exclusive_labels(probabilities, thresholds=(0.5, 0.5)) -> np.ndarray:
@@ -109,11 +109,11 @@ def exclusive_labels(probabilities, thresholds=(0.5, 0.5)) -> np.ndarray:
     artery = artery_p > thresholds[0]
     vein = vein_p > thresholds[1]
     labels = np.zeros(artery.shape, dtype=np.uint8)
-    labels[artery] = 1
-    labels[vein] = 2
+    labels[artery] = ARTERY
+    labels[vein] = VEIN
     vein &= artery  # where both pass
     vein &= artery_p >= vein_p
-    labels[vein] = 1
+    labels[vein] = ARTERY
     return labels
 
 
@@ -179,7 +179,7 @@ class Predictor:
                                       else branch_consistent)
         self.branch_coupling = float(inference.get("branch_coupling", 0.0) if branch_coupling is None
                                      else branch_coupling)
-        self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", (0.7, 1.5)))
+        self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", DEMO_VESSELNESS_SIGMAS_MM))
         self.batch_size = int(batch_size)
         if precision == "auto":
             precision = "fp32" if self.device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -284,7 +284,7 @@ class Predictor:
                 standard, record = normalize_ct(ct_image)
         else:
             spacing = ct_image.GetSpacing()[::-1]
-            if not np.allclose(spacing, STANDARD_SPACING, atol=1e-3):
+            if not is_standard_grid(ct_image, rtol=1e-5, atol=1e-3):
                 raise InvalidScanError(f"{source}: --record given but the CT is not on the standardized grid (spacing {spacing})")
             standard = ct_image
         timings["normalize_s"] = time.perf_counter() - started
