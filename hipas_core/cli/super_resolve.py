@@ -11,19 +11,19 @@ its tiles done on stderr (a bar on a terminal, else log lines; none with ``--qui
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
 from hipas_core.cli.normalize import sidecar_path
 from hipas_core.conventions import I2SR_THICKNESS_MM
+from hipas_core.resources import shipped_model
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "i2sr-demo.pt"
+DEFAULT_MODEL = shipped_model("i2sr-demo.pt")
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="CT: DICOM folder, NIfTI, NRRD/MHA or HiPaS NPZ")
     parser.add_argument("-o", "--output", required=True, help="1 mm-slice CT (.nii.gz); a sidecar OUT.json is written too")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="I2SR checkpoint (default: models/i2sr-demo.pt)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="I2SR checkpoint (default: the shipped i2sr-demo.pt)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="torch device (auto: cuda when available, else cpu)")
     parser.add_argument("--threshold-mm", type=float, default=I2SR_THICKNESS_MM,

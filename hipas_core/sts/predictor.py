@@ -37,6 +37,7 @@ from hipas_core.conventions import (
 )
 from hipas_core.errors import InvalidInputError, InvalidScanError
 from hipas_core.progress import Progress, stage
+from hipas_core.resources import shipped_model
 from hipas_core.sts.checkpoint import load_checkpoint, model_from_checkpoint
 from hipas_core.sts.network import SIZE_MULTIPLE
 from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict, window_starts
@@ -47,11 +48,11 @@ LUNG_MARGIN_MM = 10.0
 
 
 def default_model_path() -> Path:
-    """``$HIPAS_MODEL`` if set, else ``models/sts-demo.pt`` beside the ``hipas_core`` package."""
+    """``$HIPAS_MODEL`` if set, else the shipped ``sts-demo.pt`` (``hipas_core.resources``)."""
     env = os.environ.get(MODEL_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+    return shipped_model(DEFAULT_MODEL_NAME)
 
 
 # 0.10-0.95 in steps of 0.05, then finer near 1, where over-confident networks (Dice +

@@ -29,10 +29,11 @@ from hipas_core.i2sr import (
     thick_slice_profile,
     train,
 )
+from hipas_core.resources import shipped_model
 from hipas_core.writers import write_image
 
 TINY = I2SRConfig(channels=4, fe_blocks=1, i2ff_layers=1)
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "i2sr-demo.pt"
+DEMO_MODEL = shipped_model("i2sr-demo.pt")
 
 
 @pytest.fixture(autouse=True)

@@ -196,7 +196,7 @@ def test_lungmask_wiring_with_random_weights(tmp_path, monkeypatch):
     assert resolve_lungmask_weights(None) == cached
     mask = lungmask_lungs(image, device="cpu")
     assert mask.GetSize() == image.GetSize() and mask.GetOrigin() == image.GetOrigin()
-    assert mask.GetSpacing() == image.GetSpacing()
+    assert mask.GetSpacing() == image.GetSpacing() and mask.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1, 2}
 
 

@@ -74,8 +74,13 @@ def test_augmentation_keeps_targets_and_range():
     case = tiny_case()
     rng = np.random.default_rng(1)
     image = case.image[:, :16, :16, :16].astype(np.float32)
+    # CT at both ends of the window: the random scale, shift and noise push some of it outside
+    # [0, 1] (by up to 0.06 here), so the range holds only if the augmentation clips
+    image[0, :, :, :4], image[0, :, :, -4:] = 0.0, 1.0
     out, (labels,) = Augmentation(thick_slice_probability=1.0).apply(image, [case.labels[:16, :16, :16]], rng)
     assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
+    assert out[0].max() == 1.0  # held at the bound (clipped), not squeezed back into range
+    assert np.abs(out[0] - image[0]).mean() > 0.01  # and the CT was augmented
     assert np.array_equal(labels, case.labels[:16, :16, :16])
 
 
