@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hipas_core.conventions import ARTERY, VEIN
+from hipas_core.conventions import ARTERY, LEVEL_VALUES, LEVELS, VEIN
 
 EPS = 1.0
 
@@ -128,12 +128,13 @@ def level_weights(levels: np.ndarray, labels: np.ndarray) -> np.ndarray:
     ``levels`` (Z, Y, X) 0 background, 1..4 = level 0..3; ``labels`` 1 artery, 2 vein.
     A level absent from the scan (or a scan with no level-0 vessel) gets weight 0.
     """
-    weights = np.zeros((2, 4), dtype=np.float32)
-    for tree in range(2):
-        in_tree = labels == tree + 1
-        counts = np.bincount(levels[in_tree].ravel(), minlength=5)[1:5].astype(np.float64)
+    weights = np.zeros((2, len(LEVELS)), dtype=np.float32)
+    first, last = LEVEL_VALUES[0], LEVEL_VALUES[-1]
+    for tree, value in enumerate((ARTERY, VEIN)):
+        in_tree = labels == value
+        counts = np.bincount(levels[in_tree].ravel(), minlength=last + 1)[first : last + 1].astype(np.float64)
         weights[tree, 0] = 1.0
-        for level in range(1, 4):
+        for level in LEVELS[1:]:
             if counts[level] > 0 and counts[0] > 0:
                 weights[tree, level] = counts[0] / counts[level]
     return weights
