@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from hipas_core.conventions import LABEL_VALUES, same_grid
 from hipas_core.errors import InvalidScanError
 from hipas_core.morphometry import labels_onto_grid
 from hipas_core.normalize import NormalizationRecord
-
-LABEL_VALUES = (0, 1, 2)
 
 
 def labels_to_standard_grid(
@@ -34,12 +33,7 @@ def labels_to_standard_grid(
     modified.
     """
     reference = record.input_reference()
-    same = (
-        labels.GetSize() == reference.GetSize()
-        and np.allclose(labels.GetSpacing(), reference.GetSpacing(), rtol=1e-4)
-        and np.allclose(labels.GetOrigin(), reference.GetOrigin(), atol=1e-2)
-        and np.allclose(labels.GetDirection(), reference.GetDirection(), atol=1e-4)
-    )
+    same = same_grid(labels, reference, spacing_rtol=1e-4, origin_atol=1e-2, direction_atol=1e-4)
     if not same:
         raise InvalidScanError(
             f"{name}: label grid (size {labels.GetSize()}, spacing {_mm(labels.GetSpacing())} mm) does not "

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hipas_core.conventions import DEMO_VESSELNESS_SIGMAS_MM
 from hipas_core.grid import STANDARD_SPACING
-
-DEMO_VESSELNESS_SIGMAS_MM: tuple[float, ...] = (0.7, 1.5)
 
 
 @dataclass

@@ -5,14 +5,14 @@ accepts without truth (``hipas_core.plausibility``). Skipped where the file is a
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import REPO
-
+REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO.parent / "shared" / "data" / "real-ct" / "lung-pet-ct-dx-A0001-5mm.tar.xz"
 
 pytestmark = [
