@@ -75,7 +75,7 @@ def main() -> int:
     if args.only:
         methods = tuple(m for m in methods if m[0] == args.only)
     for method, model in ([] if args.combine else methods):
-        predictor = Predictor(model, device="cpu")
+        predictor = Predictor(model, device="cpu", i2sr_model="shipped")  # as hipas segment: I2SR above 2 mm
         if args.fixed_threshold is not None:
             predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
         rows = []

@@ -47,7 +47,8 @@ def main() -> int:
         folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
-    predictor = Predictor(args.destination, device="cpu", branch_consistent=False)  # per voxel for the thresholds
+    predictor = Predictor(args.destination, device="cpu", branch_consistent=False,  # per voxel for the thresholds
+                          i2sr_model="shipped")  # as hipas segment: I2SR above 2 mm
     network_output: dict = {}
     run_network = predictor.predict_probabilities
 

@@ -2,9 +2,10 @@
 
 Writes ``OUT.nii.gz`` (int16 HU, rounded; standardized grid: spacing 1.0 x 334/512 x 334/512 mm,
 LPS identity direction) and the sidecar ``OUT.json`` (the ``NormalizationRecord``: input grid,
-slice thickness, needs_i2sr, z_method, plus provenance). With ``--i2sr-model`` slices thicker
-than ``--i2sr-threshold-mm`` (2 mm) are super-resolved with I2SR before resampling (the model is
-loaded only for such scans); otherwise z is trilinear. ``--series-uid`` picks one series of a DICOM
+slice thickness, needs_i2sr, z_method, plus provenance). Slices thicker than
+``--i2sr-threshold-mm`` (2 mm, the paper's) are super-resolved with I2SR before resampling, with
+``--i2sr-model`` (default: the shipped ``i2sr-demo.pt``; loaded only for such scans), as the
+workflow and the paper do; ``--i2sr-model none`` resamples z trilinearly. ``--series-uid`` picks one series of a DICOM
 folder holding several (default: most slices, then thinnest, then smallest UID; ``hipas_core.io``).
 
 The sidecar names the scan by its ``scan_id`` and by ``input_voxels_sha256`` (``hipas_core.io.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
 from hipas_core.conventions import I2SR_THICKNESS_MM
+from hipas_core.resources import shipped_model
 
 
 def sidecar_path(output: str | Path) -> Path:
@@ -32,7 +34,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="standardized CT (.nii.gz); the record goes to OUT.json")
     parser.add_argument("--metadata-table", help="CSV with case_id, spacing_x_mm, spacing_y_mm, spacing_z_mm (HiPaS NPZ)")
     parser.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder holding several series")
-    parser.add_argument("--i2sr-model", help="I2SR checkpoint: super-resolve thick slices instead of trilinear z")
+    parser.add_argument("--i2sr-model", default=str(shipped_model("i2sr-demo.pt")),
+                        help="I2SR checkpoint that super-resolves thick slices (default: the shipped "
+                        "i2sr-demo.pt); 'none': trilinear z for every scan")
     parser.add_argument("--i2sr-threshold-mm", type=float, default=I2SR_THICKNESS_MM,
                         help=f"slices thicker than this get I2SR (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         from hipas_core.provenance import file_sha256, provenance
 
         image = read_ct(args.input, metadata_table=args.metadata_table, series_uid=args.series_uid)
+        if args.i2sr_model == "none":
+            args.i2sr_model = None
         model, device = None, "cpu"
         if args.i2sr_model and needs_super_resolution(slice_thickness_mm(image), args.i2sr_threshold_mm):
             from hipas_core.i2sr import load_model

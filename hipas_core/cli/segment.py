@@ -5,7 +5,9 @@
     hipas segment --batch SCANS.tsv [--model M] [--device cuda] [--exclude-invalid]
 
 ``--record``: the input is a CT already normalized by ``hipas normalize`` and NORM.json (its
-sidecar) maps the labels back to the original grid. ``--std-output``: also the labels in the
+sidecar) maps the labels back to the original grid. Without it the scan is normalized here as
+``hipas normalize`` does: slices thicker than 2 mm through I2SR (``--i2sr-model``, default the
+shipped ``i2sr-demo.pt``; ``none`` for trilinear z). ``--std-output``: also the labels in the
 standardized grid the network worked in; measure those (``hipas morphometry``), not the
 input-grid labels, for thick-slice scans: mapped to 2.5-5 mm slices, thin vessels are lost
 (centerline length -12 to -19 % on a full phantom). ``--batch``: a tab-separated file with
@@ -47,6 +49,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
     parser.add_argument("--branch-consistent", action=argparse.BooleanOptionalAction, default=None,
                         help="one class per skeleton branch (default: as the model's card says)")
+    parser.add_argument("--i2sr-model", default=None,
+                        help="without --record: I2SR checkpoint for slices thicker than 2 mm (default: the "
+                        "shipped i2sr-demo.pt, as hipas normalize); 'none': trilinear z")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     add_scan_stage_options(parser)
 
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch,
                           confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent,
-                          progress=mode)
+                          progress=mode, i2sr_model=args.i2sr_model or "shipped")
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
                             probabilities=args.probabilities, std_output=args.std_output,

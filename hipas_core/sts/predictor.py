@@ -158,8 +158,17 @@ class Predictor:
         branch_consistent: bool | None = None,
         branch_coupling: float | None = None,
         progress: str | None = None,
+        i2sr_model: str | os.PathLike | None = None,
     ) -> None:
         self.confine = bool(confine)
+        # a raw scan (no record) with thick slices is normalized through I2SR, as hipas normalize
+        # does: "shipped" = the package's i2sr-demo.pt, None or "none" = trilinear z
+        if i2sr_model == "shipped":
+            from hipas_core.resources import shipped_model
+
+            i2sr_model = shipped_model("i2sr-demo.pt")
+        self.i2sr_model_path = None if i2sr_model in (None, "none") else Path(i2sr_model)
+        self._i2sr = None
         self.progress = progress
         self._label = ""  # the scan being segmented, at the start of its progress lines
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -257,6 +266,19 @@ class Predictor:
                     counted, volume, window=window, overlap=self.overlap, batch_size=self.batch_size, out_channels=2
                 )
 
+    def _i2sr_for(self, ct_image):
+        """The I2SR model when ``ct_image`` has slices thicker than the I2SR threshold (loaded once)."""
+        from hipas_core.conventions import I2SR_THICKNESS_MM, needs_super_resolution
+        from hipas_core.normalize import slice_thickness_mm
+
+        if self.i2sr_model_path is None or not needs_super_resolution(slice_thickness_mm(ct_image), I2SR_THICKNESS_MM):
+            return None
+        if self._i2sr is None:
+            from hipas_core.i2sr import load_model
+
+            self._i2sr = load_model(self.i2sr_model_path, device=self.device.type)
+        return self._i2sr
+
     # ---- images ------------------------------------------------------------------------
     def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input") -> Segmentation:
         """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
@@ -282,7 +304,8 @@ class Predictor:
         started = time.perf_counter()
         if record is None:
             with self._stage("normalize"):
-                standard, record = normalize_ct(ct_image)
+                standard, record = normalize_ct(ct_image, i2sr_model=self._i2sr_for(ct_image),
+                                                device=self.device.type)
         else:
             spacing = ct_image.GetSpacing()[::-1]
             if not is_standard_grid(ct_image, rtol=1e-5, atol=1e-3):

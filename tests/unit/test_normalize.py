@@ -159,9 +159,17 @@ def test_cli_normalize_writes_image_and_sidecar(tmp_path, hipas):
     sidecar = json.loads((tmp_path / "out" / "case_std.json").read_text())
     assert sidecar["input_size"] == [16, 30, 30]
     assert sidecar["slice_thickness_mm"] == 2.5 and sidecar["needs_i2sr"] is True
-    assert sidecar["z_method"] == "linear" and sidecar["scan_id"] == "case"
+    # thick slices go through the shipped I2SR model by default, as in the workflow
+    assert sidecar["z_method"] == "i2sr" and sidecar["scan_id"] == "case"
+    from hipas_core.provenance import file_sha256
+    from hipas_core.resources import shipped_model
+
+    assert sidecar["hipas_parameters"]["i2sr_model_sha256"] == file_sha256(shipped_model("i2sr-demo.pt"))
     record = NormalizationRecord.from_dict(sidecar)
     assert record.standard_size == sitk.GetArrayViewFromImage(image).shape
+    linear = tmp_path / "out" / "linear.nii.gz"
+    hipas("normalize", "-i", source, "-o", linear, "--i2sr-model", "none", check=True)
+    assert json.loads((tmp_path / "out" / "linear.json").read_text())["z_method"] == "linear"
 
 
 

@@ -261,3 +261,16 @@ def test_a_model_file_that_carries_code_is_refused_without_running_it(tmp_path, 
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "hostile.pt" in result.stderr
     assert not marker.exists() and not out.exists()
+
+
+def test_a_raw_thick_scan_is_normalized_through_i2sr_like_hipas_normalize(tiny_model):
+    thick = tiny_chest(spacing_zyx=(3.0, 1.4, 1.3))
+    thin = tiny_chest(spacing_zyx=(1.0, 1.4, 1.3))
+    shipped = Predictor(tiny_model, i2sr_model="shipped")
+    assert shipped._i2sr_for(thick) is not None and shipped._i2sr_for(thin) is None
+    assert Predictor(tiny_model)._i2sr_for(thick) is None  # the library default: trilinear z
+    from hipas_core.normalize import normalize_ct
+
+    via_i2sr = shipped.segment(thick).standard_labels
+    expected_grid = normalize_ct(thick, i2sr_model=shipped._i2sr_for(thick))[0]
+    assert via_i2sr.GetSize() == expected_grid.GetSize()
