@@ -13,6 +13,19 @@ with loss scaling) on CUDA. A checkpoint (model + training config + data + versi
 from it. For a fixed seed, data and number of steps the run is deterministic on the CPU.
 Progress (``hipas_core.progress``): a bar on a terminal (``progress=False``: never a bar), else
 log lines every few seconds; a line at every validation and every checkpoint in both cases.
+
+Distributed data-parallel (``hipas_core.sts.distributed``; the caller joins the process group,
+``torchrun``/``srun`` + ``hipas train`` do): ``batch_size`` is per rank, a step's global batch is
+``world_size x batch_size`` patches and rank r trains on positions r*B..(r+1)*B-1 of it, the
+patches one process with the global batch would draw there; DistributedDataParallel averages the
+gradients (every loss is a mean over the batch, and the networks normalize per sample with
+GroupNorm, so that is the gradient of the global batch). ``patch_stream="sequential"`` (default):
+the one numpy stream a single process draws, which every rank advances over the whole global batch
+(it cuts and augments the others' patches only as far as their random draws need), so any world
+size with the same global batch continues the same stream, a single-process run included;
+``"per-patch"``: patch i of step t from its own generator (seed, t, i), each rank draws only its
+own (no replay: for many GPUs). Rank 0 alone validates, logs and writes checkpoints; the others
+wait for it at a barrier. The logged loss is the mean over the ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import torch
 from hipas_core.conventions import ARTERY, DEMO_VESSELNESS_SIGMAS_MM, LEVEL_OFFSET, VEIN
 from hipas_core.errors import InvalidInputError
 from hipas_core.progress import Progress
+from hipas_core.sts import distributed
 from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoint, save_checkpoint
 from hipas_core.sts.data import Augmentation, TrainingCase, sample_patch
 from hipas_core.sts.losses import dice_loss, skeleton_recall_loss, sts_stage_loss
@@ -87,8 +101,14 @@ class TrainConfig:
     # weights and batches in channels-last 3D memory format (about 15 % faster steps on this
     # project's CPU under oneDNN; numerically equivalent, not bit-identical)
     channels_last: bool = False
+    # where each step's patches come from: "sequential" (one numpy stream over the global batch,
+    # as a single process draws it) or "per-patch" (patch i of step t from its own generator
+    # (seed, t, i): distributed ranks draw only their own patches)
+    patch_stream: str = "sequential"
 
     def __post_init__(self) -> None:
+        if self.patch_stream not in ("sequential", "per-patch"):
+            raise ValueError(f"patch_stream must be 'sequential' or 'per-patch', not {self.patch_stream!r}")
         if self.stage_loss not in ("paper", "dice"):
             raise ValueError(f"stage_loss must be 'paper' or 'dice', not {self.stage_loss!r}")
         if self.lr_schedule not in ("constant", "poly"):
@@ -108,34 +128,77 @@ def _territory(territory: torch.Tensor, stage: int) -> torch.Tensor:
     return torch.zeros_like(territory[:, 0]) if stage == 0 else territory[:, stage - 1]
 
 
-def make_batch(
-    cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True,
-    prior_of: Callable[[TrainingCase], np.ndarray] | None = None,
-):
-    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors. With ``prior_of`` (case
-    -> (2, Z, Y, X) prior map of the frozen stages) the batch also holds that map's patches
-    (``"prior"``)."""
-    augmentation = Augmentation(**{**config.augmentation, "flip_axes": tuple(config.augmentation.get("flip_axes", ()))})
-    items = []
-    for _ in range(config.batch_size):
-        case = cases[int(rng.integers(len(cases)))]
-        if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
-            case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
-        extra = {"prior": prior_of(case)} if prior_of is not None else {}
-        if config.skeleton_recall_weight:
-            extra["skeleton"] = case.centrelines()
-        sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability, extra=extra)
-        if augment:
-            keys = ["labels", "levels", "territory", *extra]
-            image, targets = augmentation.apply(sample["image"], [sample[k] for k in keys], rng)
-            sample.update(image=image, **dict(zip(keys, targets, strict=True)))
-        items.append(sample)
+def _augmentation(config: TrainConfig) -> Augmentation:
+    return Augmentation(**{**config.augmentation, "flip_axes": tuple(config.augmentation.get("flip_axes", ()))})
+
+
+def _draw_patch(cases, config: TrainConfig, augmentation: Augmentation, rng: np.random.Generator, *, augment: bool,
+                prior_of=None, keep: bool = True) -> dict | None:
+    """One patch drawn from ``rng``; ``keep`` False: only the random draws (the same ones), no
+    prior, centrelines or target flips, and None is returned (another rank's patch)."""
+    case = cases[int(rng.integers(len(cases)))]
+    if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
+        case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
+    extra = {"prior": prior_of(case)} if prior_of is not None and keep else {}
+    if config.skeleton_recall_weight and keep:
+        extra["skeleton"] = case.centrelines()
+    sample = sample_patch(case, config.patch, rng, vessel_probability=config.vessel_probability, extra=extra)
+    if augment:
+        keys = ["labels", "levels", "territory", *extra] if keep else []  # targets draw nothing from rng
+        image, targets = augmentation.apply(sample["image"], [sample[k] for k in keys], rng)
+        sample.update(image=image, **dict(zip(keys, targets, strict=True)))
+    return sample if keep else None
+
+
+def _collate(items: Sequence[dict], config: TrainConfig) -> dict:
     batch = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
     if config.level_weight_cap is not None:
         batch["weights"] = batch["weights"].clamp(max=config.level_weight_cap)
     return batch
 
 
+def make_batch(
+    cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True,
+    prior_of: Callable[[TrainingCase], np.ndarray] | None = None, keep: range | None = None,
+):
+    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors. With ``prior_of`` (case
+    -> (2, Z, Y, X) prior map of the frozen stages) the batch also holds that map's patches
+    (``"prior"``). ``keep``: the positions the batch holds (a rank's share of a global batch of
+    ``config.batch_size``); ``rng`` is advanced over all of them as without ``keep``."""
+    augmentation = _augmentation(config)
+    items = []
+    for position in range(config.batch_size):
+        sample = _draw_patch(cases, config, augmentation, rng, augment=augment, prior_of=prior_of,
+                             keep=keep is None or position in keep)
+        if sample is not None:
+            items.append(sample)
+    if not items:
+        raise ValueError(f"keep {keep} holds no position of a batch of {config.batch_size}")
+    return _collate(items, config)
+
+
+def patch_seed_batch(
+    cases: Sequence[TrainingCase], config: TrainConfig, step: int, positions: Sequence[int], *, augment: bool = True,
+    prior_of: Callable[[TrainingCase], np.ndarray] | None = None,
+):
+    """The ``"per-patch"`` stream: the patches at ``positions`` of step ``step`` (0-based), patch i
+    drawn from its own generator seeded by (config.seed, step, i)."""
+    augmentation = _augmentation(config)
+    items = [_draw_patch(cases, config, augmentation, np.random.default_rng([config.seed, step, i]),
+                         augment=augment, prior_of=prior_of) for i in positions]
+    return _collate(items, config)
+
+
+class _Objective(torch.nn.Module):
+    """``batch_loss`` as a module's forward, so that DistributedDataParallel runs it (whichever
+    of the model's methods the loss calls) and syncs the gradients of what it reaches."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, batch: dict, stages: Sequence[int] | None = None) -> torch.Tensor:
+        return batch_loss(self.model, batch, self.config, stages=stages)
 def _dice_and_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_weight: float) -> torch.Tensor:
     loss = dice_loss(logits, target)
     if bce_weight:
@@ -241,6 +304,10 @@ def train(
     progress bar (fixed patches; the training cases are used when none are given). ``progress``
     False: log lines only, no bar. ``InvalidInputError`` when ``init_from``, ``encoder_init`` or
     (with ``resume``) ``output`` is not a checkpoint this run can start from; nothing is written then.
+
+    In a process group (``hipas_core.sts.distributed.setup``) every rank calls this with the same
+    arguments (``config.device`` its own device); rank 0 writes ``output``, every rank returns the
+    same summary.
     """
     from hipas_core.provenance import package_versions
 
@@ -248,6 +315,8 @@ def train(
         raise ValueError("no training cases")
     if config.cached_priors and (config.kind != "cascade" or config.mode != "stagewise"):
         raise ValueError("cached_priors needs a cascade trained stagewise")
+    rank, world = distributed.world()
+    main = rank == 0
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng(config.seed)
@@ -289,12 +358,18 @@ def train(
             if "rng" in state:
                 rng.bit_generator.state = state["rng"]["numpy"]
                 torch.set_rng_state(state["rng"]["torch"])
+            resumed_from = dict(state.get("distributed", {"world_size": 1, "global_batch": config.batch_size}))
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
             raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
+    else:
+        resumed_from = None
+    global_config = config if world == 1 else TrainConfig(**{**config.to_dict(), "batch_size": world * config.batch_size})
+    positions = distributed.rank_positions(rank, world, config.batch_size)
     val_rng = np.random.default_rng(config.seed + 1_000_003)
     val_source = list(validation_cases) or list(cases)
     val_config = TrainConfig(**{**config.to_dict(), "batch_size": 1})
-    val_batches = [make_batch(val_source, val_config, val_rng, augment=False) for _ in range(config.val_patches)]
+    val_batches = ([make_batch(val_source, val_config, val_rng, augment=False) for _ in range(config.val_patches)]
+                   if main else [])  # only rank 0 validates
 
     stage_count = len(model.stages) if config.kind == "cascade" else 1
     per_stage = math.ceil(config.steps / stage_count)
@@ -328,21 +403,43 @@ def train(
             "train_device": {"device": str(device), "threads": torch.get_num_threads()},
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(rng),
+            # the patch stream continues from "rng" (sequential) or the step (per-patch) on any
+            # number of ranks; the same global batch continues it exactly
+            **({"distributed": {"world_size": world, "batch_per_rank": config.batch_size,
+                                "global_batch": world * config.batch_size}} if world > 1 else {}),
         }
+
+    def save(payload_now: dict | None) -> None:  # rank 0 writes, the others wait until it has
+        if main:
+            save_checkpoint(output, payload_now)
+        distributed.barrier()
 
     prior_cache: dict = {}  # cached_priors: {"stage": s, case name: P^{s-1} (2, Z, Y, X) float16}
     started = time.monotonic()
     model.train()
     bar = Progress(f"train {config.kind}", total=config.steps, initial=step, unit="steps",
-                   mode=None if progress else "lines")
+                   mode=("off" if not main else None if progress else "lines"))
+    if world > 1:
+        bar.log(f"train {config.kind}: {world} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+                f"{config.batch_size} patches per rank, global batch {world * config.batch_size}, "
+                f"{config.patch_stream} patch stream")
     if step:
         bar.log(f"train {config.kind}: resumed from {output} at step {step}/{config.steps}")
+        if resumed_from is not None and resumed_from.get("global_batch") != world * config.batch_size:
+            bar.log(f"train {config.kind}: the checkpoint's global batch was {resumed_from.get('global_batch')}, "
+                    f"now {world * config.batch_size}: the patch stream goes on, but not as the first run's would")
     val = (float("nan"), float("nan"))
     stopped_early = False
+    ddp, ddp_key = None, None  # DistributedDataParallel over the parameters trained now (world > 1)
+    objective = _Objective(model, config) if world > 1 else None
     while step < config.steps:
-        if config.max_minutes is not None and (time.monotonic() - started) / 60 > config.max_minutes:
-            stopped_early = True
-            break
+        if config.max_minutes is not None:
+            late = (time.monotonic() - started) / 60 > config.max_minutes
+            if world > 1:  # every rank stops at the same step when any one is out of time
+                late = distributed.all_sum([float(late)], device)[0] > 0
+            if late:
+                stopped_early = True
+                break
         stages = None
         if config.kind == "cascade" and config.mode == "stagewise":
             current = min(int(np.searchsorted(stage_ends, step, side="right")), stage_count - 1)
@@ -368,7 +465,17 @@ def train(
                 prior_cache["stage"] = stages[0]
             prior_of = partial(_cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
-        batch = {k: v.to(device) for k, v in make_batch(cases, config, rng, prior_of=prior_of).items()}
+        if config.patch_stream == "per-patch":
+            cpu_batch = patch_seed_batch(cases, config, step, positions, prior_of=prior_of)
+        elif world == 1:
+            cpu_batch = make_batch(cases, config, rng, prior_of=prior_of)
+        else:  # the whole global batch's draws, this rank's patches
+            cpu_batch = make_batch(cases, global_config, rng, prior_of=prior_of, keep=positions)
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
+        if world > 1:  # (re)wrap when the trained parameters change (stagewise: a new stage)
+            key = tuple(p.requires_grad for p in model.parameters())
+            if key != ddp_key:
+                ddp, ddp_key = distributed.wrap(objective, device, previous=ddp), key
         if config.channels_last:
             for key in ("image", "prior"):
                 if key in batch:
@@ -378,14 +485,21 @@ def train(
                 group["lr"] = config.lr * (1 - step / config.steps) ** 0.9
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = batch_loss(model, batch, config, stages=stages)
+            loss = batch_loss(model, batch, config, stages=stages) if ddp is None else ddp(batch, stages=stages)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         step += 1
         record = {"step": step, "loss": float(loss.detach())}
-        if step % config.val_every == 0 or step == config.steps:
+        validate = step % config.val_every == 0 or step == config.steps
+        if validate and main:
             val = validation_dice(model, val_batches, config)
+        if world > 1:  # the mean loss over the ranks, and rank 0's validation for every rank
+            total = distributed.all_sum([record["loss"], *(val if validate and main else (0.0, 0.0))], device)
+            record["loss"] = total[0] / world
+            if validate:
+                val = (total[1], total[2])
+        if validate:
             record.update(val_dice_artery=val[0], val_dice_vein=val[1])
         history.append(record)
         bar.update(1)
@@ -394,7 +508,7 @@ def train(
             bar.log(f"train {config.kind}: step {step}/{config.steps}, loss {record['loss']:.4f}, "
                     f"validation Dice artery {val[0]:.3f} vein {val[1]:.3f}")
         if step % config.checkpoint_every == 0:
-            save_checkpoint(output, payload(final=False))
+            save(payload(final=False) if main else None)
             if step < config.steps:  # (the last one is reported below)
                 bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output}")
     bar.close()
@@ -408,11 +522,13 @@ def train(
                 load_matching_weights(model.stages[later], model.stages[later - 1].state_dict())
                 warm_started.append(later)
     if stopped_early and (not history or "val_dice_artery" not in history[-1]):
-        val = validation_dice(model, val_batches, config)
+        val = validation_dice(model, val_batches, config) if main else (0.0, 0.0)
+        if world > 1:
+            val = tuple(distributed.all_sum(val, device))
         if history:
             history[-1].update(val_dice_artery=val[0], val_dice_vein=val[1])
     final = payload(final=True)
     final["stopped_early"] = stopped_early
-    save_checkpoint(output, final)
+    save(final)
     bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output} ({'stopped early' if stopped_early else 'finished'})")
     return {k: v for k, v in final.items() if k not in ("state_dict", "optimizer", "rng")}
