@@ -12,6 +12,13 @@ Checkpoints read (``--encoder-init``, ``--init-from``, ``--resume``) are checked
 is prepared: a file that is not one (or carries code, which never runs) is one error line, exit 2.
 Progress: a bar on a terminal, else (and with ``--no-progress``) log lines, and a line at every
 validation and checkpoint.
+
+Distributed data-parallel (``hipas_core.sts.distributed``): started by ``torchrun --nproc-per-node N
+hipas train ...`` (or as N tasks of one ``srun`` step) the run trains on N ranks, NCCL with
+``--device cuda`` (one GPU per rank), gloo on the CPU. ``--batch-size`` is per rank, or give
+``--global-batch-size`` (split evenly over the ranks, so a resumed run on another number of ranks
+continues the same patch stream). Rank 0 writes ``--out`` and reports; every rank reads the same
+data and checkpoints (a shared file system on several nodes).
 """
 
 from __future__ import annotations
@@ -38,7 +45,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-widths", type=int, nargs=5, help="U-Net widths per resolution (default: full "
                         "resolution = --width, deep levels widened to match the cascade's parameter count)")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="patches per step (per rank in a distributed run)")
+    parser.add_argument("--global-batch-size", type=int, metavar="G",
+                        help="distributed: patches per step over all ranks (G / ranks each; instead of --batch-size)")
+    parser.add_argument("--patch-stream", choices=("sequential", "per-patch"), default="sequential",
+                        help="sequential: one random stream as a single process draws it (default; every rank "
+                        "advances it over the whole global batch); per-patch: each patch from its own seed "
+                        "(seed, step, position), each rank draws only its own (for many GPUs)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-schedule", choices=("constant", "poly"), default="constant",
                         help="poly: lr x (1 - step/steps)^0.9 (nnU-Net); default constant")
@@ -107,7 +120,31 @@ def _check_checkpoints(args: argparse.Namespace) -> None:
         load_checkpoint(args.out, kind=kind)
 
 
+def _batch_per_rank(args: argparse.Namespace, world: int) -> int:
+    from hipas_core.errors import InvalidInputError
+
+    if args.global_batch_size is None:
+        if args.batch_size < 1:
+            raise InvalidInputError(f"--batch-size {args.batch_size}: at least 1 is needed")
+        return args.batch_size
+    if args.global_batch_size < world or args.global_batch_size % world:
+        raise InvalidInputError(f"--global-batch-size {args.global_batch_size}: a multiple of the {world} ranks is needed")
+    return args.global_batch_size // world
+
+
 def run(args: argparse.Namespace) -> int:
+    from hipas_core.sts import distributed
+
+    world = distributed.detect()
+    batch_size = _batch_per_rank(args, world.world_size if world else 1)  # every rank fails alike, before joining
+    env, device = distributed.setup(args.device)
+    try:
+        return _run(args, batch_size=batch_size, device=device, main=env is None or env.rank == 0)
+    finally:
+        distributed.teardown()
+
+
+def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) -> int:
     import torch
 
     from hipas_core.errors import InvalidInputError
@@ -154,17 +191,19 @@ def run(args: argparse.Namespace) -> int:
         model_config = cascade_config.to_dict()
     config = TrainConfig(
         kind="baseline" if args.baseline else "cascade", model_config=model_config, patch=tuple(args.patch),
-        batch_size=args.batch_size, steps=args.steps, lr=args.lr, betas=tuple(args.betas), mode=args.mode,
+        batch_size=batch_size, steps=args.steps, lr=args.lr, betas=tuple(args.betas), mode=args.mode,
         warm_start=not args.no_warm_start, stage_steps=tuple(args.stage_steps) if args.stage_steps else None, seed=args.seed, level_weight_cap=args.level_weight_cap, bce_weight=args.bce_weight, stage_loss=args.stage_loss, val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=args.device,
+        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
         encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct},
         skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,
-        lr_schedule=args.lr_schedule, channels_last=args.channels_last,
+        lr_schedule=args.lr_schedule, channels_last=args.channels_last, patch_stream=args.patch_stream,
     )
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
                     resume=args.resume, progress=not args.no_progress)
+    if not main:  # rank 0 reports
+        return 0
     last = summary["history"][-1] if summary["history"] else {}
     print(f"{args.out}: {summary['step']} steps in {summary['train_seconds'] / 60:.1f} min; "
           f"last loss {last.get('loss', float('nan')):.4f}; validation Dice artery "

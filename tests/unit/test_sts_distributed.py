@@ -205,3 +205,29 @@ def test_rank_environment_from_torchrun_and_srun():
     assert distributed.first_host("a[1-2]-ib[3-4],b") == "a1-ib3"
     assert distributed.world() == (0, 1)  # no process group here: the single-process no-ops
     assert distributed.all_sum([1.5, 2.0], "cpu") == [1.5, 2.0]
+
+
+def test_hipas_train_under_torchrun_trains_on_two_ranks(tmp_path):
+    """``torchrun --nproc-per-node 2 hipas train``: one phantom (cache warmed here), 3 steps; rank 0
+    alone prints and writes; --global-batch-size splits over the ranks; a bad split is one line."""
+    import shutil
+
+    from hipas_core.sts.data import phantom_case
+
+    cache = tmp_path / "cache"
+    phantom_case(1, protocol="ncct", cache_dir=cache)  # both ranks would prepare it otherwise
+    exe = shutil.which("hipas", path=str(Path(sys.executable).parent)) or "hipas"
+    out = tmp_path / "ddp.pt"
+    train_args = ["train", "--out", str(out), "--phantom-seeds", "1", "--val-seeds", "1", "--cache", str(cache),
+                  "--patch", "16", "32", "32", "--width", "4", "--blocks", "0", "0", "1", "1", "1", "--steps", "3",
+                  "--lr", "1e-3", "--val-every", "3", "--checkpoint-every", "3", "--no-progress"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--no-python", exe]
+    result = subprocess.run([*launch, *train_args, "--global-batch-size", "2"], env=_env(), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count(f"{out}: 3 steps") == 1  # the summary, from rank 0 only
+    state = load_checkpoint(out)
+    assert state["step"] == 3 and state["distributed"] == {"world_size": 2, "batch_per_rank": 1, "global_batch": 2}
+    bad = subprocess.run([*launch, *train_args, "--global-batch-size", "3"], env=_env(), capture_output=True,
+                         text=True, timeout=240)
+    assert bad.returncode != 0 and "--global-batch-size 3: a multiple of the 2 ranks" in bad.stderr
