@@ -32,7 +32,7 @@ from hipas_core.sts import distributed
 from hipas_core.sts.training import TrainConfig, train
 args = json.loads(sys.argv[1])
 env, device = distributed.setup("cpu")
-assert env is not None and env.world_size == args["world"], env
+assert env is not None and (env.world_size, env.launcher) == (args["world"], args["launcher"]), env
 try:
     train(TrainConfig(**args["config"]), [tiny_case(s) for s in args["cases"]], output=args["output"],
           resume=args["resume"], progress=False)
@@ -80,10 +80,22 @@ def _env() -> dict:
     return {**env, "OMP_NUM_THREADS": "1", "HIPAS_PROGRESS": "lines"}
 
 
-def _run_ranks(config: TrainConfig, output: Path, *, world: int = 2, resume: bool = False, torchrun: bool = False):
-    """Train on ``world`` gloo ranks: processes given torchrun's variables by hand, or torchrun itself."""
+def _rank_env(launcher: str, rank: int, world: int, port: int) -> dict:
+    """What torchrun, or srun (one task per rank, no torchrun), gives rank ``rank``."""
+    if launcher == "srun":  # the address comes from the step's node list
+        return {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_STEP_NUM_TASKS": str(world),
+                "SLURM_NTASKS": str(world), "SLURM_STEP_NODELIST": "localhost", "SLURM_JOB_ID": "4242",
+                "MASTER_PORT": str(port)}
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _run_ranks(config: TrainConfig, output: Path, *, world: int = 2, resume: bool = False, torchrun: bool = False,
+               launcher: str = "torchrun"):
+    """Train on ``world`` gloo ranks: torchrun itself, or processes given the variables of
+    ``launcher`` ("torchrun" or "srun") by hand."""
     args = json.dumps({"config": config.to_dict(), "cases": CASES, "output": str(output), "resume": resume,
-                       "world": world})
+                       "world": world, "launcher": "torchrun" if torchrun else launcher})
     code = WORKER.format(here=str(HERE))
     if torchrun:
         script = output.with_suffix(".worker.py")
@@ -95,9 +107,7 @@ def _run_ranks(config: TrainConfig, output: Path, *, world: int = 2, resume: boo
         return
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-c", code, args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-                                              "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-                                              "MASTER_PORT": str(port)})
+                              text=True, env={**_env(), **_rank_env(launcher, r, world, port)})
              for r in range(world)]
     try:
         logs = [p.communicate(timeout=240)[0] for p in procs]
@@ -141,6 +151,7 @@ def test_two_gloo_ranks_with_batch_b_train_as_one_process_with_batch_2b(two_rank
     assert "2 ranks (gloo)" in logs[0] and "train cascade" not in logs[1]  # only rank 0 reports
 
 
+@pytest.mark.slow
 def test_resume_of_a_two_rank_run_equals_the_uninterrupted_one(two_rank_run, tmp_path):
     """10 steps on 2 ranks (torchrun), resumed to 20 on 2 ranks; and resumed to 20 in one process
     with the same global batch."""
@@ -158,11 +169,11 @@ def test_resume_of_a_two_rank_run_equals_the_uninterrupted_one(two_rank_run, tmp
 
 
 def test_stagewise_two_ranks_rewrap_each_stage_and_per_patch_stream(tmp_path):
-    """Stagewise (a new DDP wrapper per stage, frozen stages left out) with the per-patch stream:
-    2 ranks x 1 equal 1 process x 2."""
+    """Stagewise (a new DDP wrapper per stage, frozen stages left out) with the per-patch stream,
+    ranks started as srun tasks (SLURM's variables): 2 ranks x 1 equal 1 process x 2."""
     config = _config(mode="stagewise", stage_steps=(2, 2, 2, 2), steps=8, patch_stream="per-patch",
                      val_every=8, checkpoint_every=8)
-    _run_ranks(config, tmp_path / "two.pt")
+    _run_ranks(config, tmp_path / "two.pt", launcher="srun")
     train(TrainConfig(**{**config.to_dict(), "batch_size": 2}), [tiny_case(s) for s in CASES],
           output=tmp_path / "one.pt", progress=False)
     _assert_same_training(load_checkpoint(tmp_path / "two.pt"), load_checkpoint(tmp_path / "one.pt"))
@@ -231,3 +242,14 @@ def test_hipas_train_under_torchrun_trains_on_two_ranks(tmp_path):
     bad = subprocess.run([*launch, *train_args, "--global-batch-size", "3"], env=_env(), capture_output=True,
                          text=True, timeout=240)
     assert bad.returncode != 0 and "--global-batch-size 3: a multiple of the 2 ranks" in bad.stderr
+
+
+def test_the_example_batch_script_is_valid_bash_with_its_directives_first():
+    script = HERE.parents[1] / "workflow/profiles/slurm/train_ddp.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    lines = script.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    directives = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+    assert directives and max(directives) < first_command  # sbatch reads #SBATCH lines up to the first command
+    text = script.read_text()
+    assert "torch.distributed.run" in text and "--rdzv-endpoint" in text and "--resume" in text
