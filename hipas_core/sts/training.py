@@ -358,7 +358,8 @@ def train(
             if "rng" in state:
                 rng.bit_generator.state = state["rng"]["numpy"]
                 torch.set_rng_state(state["rng"]["torch"])
-            resumed_from = dict(state.get("distributed", {"world_size": 1, "global_batch": config.batch_size}))
+            first_batch = state.get("training_config", {}).get("batch_size", config.batch_size)
+            resumed_from = dict(state.get("distributed", {"world_size": 1, "global_batch": first_batch}))
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
             raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
     else:

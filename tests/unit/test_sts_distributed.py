@@ -253,3 +253,12 @@ def test_the_example_batch_script_is_valid_bash_with_its_directives_first():
     assert directives and max(directives) < first_command  # sbatch reads #SBATCH lines up to the first command
     text = script.read_text()
     assert "torch.distributed.run" in text and "--rdzv-endpoint" in text and "--resume" in text
+
+
+def test_resume_with_another_global_batch_says_so(tmp_path, capsys):
+    out = tmp_path / "run.pt"
+    train(_config(steps=1, val_every=1, checkpoint_every=1), [tiny_case(0)], output=out, progress=False)
+    capsys.readouterr()
+    train(_config(steps=2, batch_size=2, val_every=1, checkpoint_every=1), [tiny_case(0)], output=out, resume=True,
+          progress=False)
+    assert "global batch was 1, now 2" in capsys.readouterr().err
