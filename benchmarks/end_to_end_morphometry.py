@@ -51,8 +51,8 @@ def main() -> int:
     import torch
 
     from hipas_core.lungs import threshold_lungs
-    from hipas_core.morphometry import morphometry_row
-    from hipas_core.normalize import normalize_ct, to_standard_grid
+    from hipas_core.morphometry import labels_onto_grid, morphometry_row
+    from hipas_core.normalize import normalize_ct
     from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor
 
@@ -74,7 +74,7 @@ def main() -> int:
         lungs = threshold_lungs(standard)
         measured, _ = morphometry_row(segmentation.standard_labels, lungs, scan_id=f"phantom-{seed}")
         seconds = time.perf_counter() - started
-        true_std = to_standard_grid(sitk.ReadImage(str(folder / "labels.nii.gz")), interpolation="auto")
+        true_std = labels_onto_grid(sitk.ReadImage(str(folder / "labels.nii.gz")), standard)  # as morphometry resamples
         on_truth, _ = morphometry_row(true_std, lungs, scan_id=f"phantom-{seed}")
         row = {"seed": seed, "protocol": protocol.upper(), "slice_mm": round(float(ct.GetSpacing()[2]), 3),
                "seconds": round(seconds, 1)}
