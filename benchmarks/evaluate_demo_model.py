@@ -56,6 +56,7 @@ def main() -> int:
 
     from hipas_core.atomic import write_text
     from hipas_core.metrics import evaluate_labels, paired_comparison, summarize
+    from hipas_core.resources import shipped_model
     from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor
 
@@ -75,7 +76,7 @@ def main() -> int:
     if args.only:
         methods = tuple(m for m in methods if m[0] == args.only)
     for method, model in ([] if args.combine else methods):
-        predictor = Predictor(model, device="cpu", i2sr_model="shipped")  # as hipas segment: I2SR above 2 mm
+        predictor = Predictor(model, device="cpu", i2sr_model=shipped_model("i2sr-demo.pt"))  # as hipas segment: I2SR above 2 mm
         if args.fixed_threshold is not None:
             predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
         rows = []

@@ -35,6 +35,7 @@ def main() -> int:
     import SimpleITK as sitk
     import torch
 
+    from hipas_core.resources import shipped_model
     from hipas_core.sts.checkpoint import export_for_inference
     from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor, calibrate_thresholds, pooled_dice
@@ -48,7 +49,7 @@ def main() -> int:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
     predictor = Predictor(args.destination, device="cpu", branch_consistent=False,  # per voxel for the thresholds
-                          i2sr_model="shipped")  # as hipas segment: I2SR above 2 mm
+                          i2sr_model=shipped_model("i2sr-demo.pt"))  # as hipas segment: I2SR above 2 mm
     network_output: dict = {}
     run_network = predictor.predict_probabilities
 

@@ -58,14 +58,13 @@ def run(args: argparse.Namespace) -> int:
         from hipas_core.provenance import file_sha256, provenance
 
         image = read_ct(args.input, metadata_table=args.metadata_table, series_uid=args.series_uid)
-        if args.i2sr_model == "none":
-            args.i2sr_model = None
+        i2sr_path = None if args.i2sr_model == "none" else args.i2sr_model
         model, device = None, "cpu"
-        if args.i2sr_model and needs_super_resolution(slice_thickness_mm(image), args.i2sr_threshold_mm):
+        if i2sr_path and needs_super_resolution(slice_thickness_mm(image), args.i2sr_threshold_mm):
             from hipas_core.i2sr import load_model
 
             device = resolve_device(args.device)
-            model = load_model(args.i2sr_model, device=device)
+            model = load_model(i2sr_path, device=device)
         standard, record = normalize_ct(
             image, i2sr_model=model, device=device, i2sr_threshold_mm=args.i2sr_threshold_mm
         )
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         out.CopyInformation(standard)
         params = {"i2sr_threshold_mm": args.i2sr_threshold_mm, "series_uid_given": args.series_uid is not None,
                   "metadata_table_sha256": file_sha256(args.metadata_table) if args.metadata_table else None,
-                  "i2sr_model_sha256": file_sha256(args.i2sr_model) if args.i2sr_model else None}
+                  "i2sr_model_sha256": file_sha256(i2sr_path) if i2sr_path else None}
         identity = {"scan_id": scan_id, "input_voxels_sha256": voxel_sha256(image)}
         write_image_and_sidecar(args.output, out, sidecar,
                                 {**record.to_dict(), **identity, "dtype": "int16", **provenance(**params)})

@@ -30,6 +30,7 @@ import sys
 
 from hipas_core.cli._scan_stage import add_scan_stage_options, default_scan_id, run_scan_stage
 from hipas_core.errors import InvalidInputError, InvalidScanError
+from hipas_core.resources import shipped_model
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
     parser.add_argument("--branch-consistent", action=argparse.BooleanOptionalAction, default=None,
                         help="one class per skeleton branch (default: as the model's card says)")
-    parser.add_argument("--i2sr-model", default=None,
+    parser.add_argument("--i2sr-model", default=str(shipped_model("i2sr-demo.pt")),
                         help="without --record: I2SR checkpoint for slices thicker than 2 mm (default: the "
                         "shipped i2sr-demo.pt, as hipas normalize); 'none': trilinear z")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch,
                           confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent,
-                          progress=mode, i2sr_model=args.i2sr_model or "shipped")
+                          progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model)
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
                             probabilities=args.probabilities, std_output=args.std_output,

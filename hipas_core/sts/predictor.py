@@ -161,13 +161,9 @@ class Predictor:
         i2sr_model: str | os.PathLike | None = None,
     ) -> None:
         self.confine = bool(confine)
-        # a raw scan (no record) with thick slices is normalized through I2SR, as hipas normalize
-        # does: "shipped" = the package's i2sr-demo.pt, None or "none" = trilinear z
-        if i2sr_model == "shipped":
-            from hipas_core.resources import shipped_model
-
-            i2sr_model = shipped_model("i2sr-demo.pt")
-        self.i2sr_model_path = None if i2sr_model in (None, "none") else Path(i2sr_model)
+        # a raw scan (no record) with thick slices is normalized through this I2SR checkpoint, as
+        # hipas normalize does; None: trilinear z
+        self.i2sr_model_path = None if i2sr_model is None else Path(i2sr_model)
         self._i2sr = None
         self.progress = progress
         self._label = ""  # the scan being segmented, at the start of its progress lines

@@ -7,7 +7,6 @@ reachable SLURM (`sinfo` missing or failing) the test is skipped.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +15,10 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from slurm_cluster import slurm_missing_reason  # noqa: E402
 from workflow_copy import make_working_copy, snakemake, tiny_sts_model, write_config  # noqa: E402
 
 pytestmark = pytest.mark.slurm
-
-
-def slurm_missing_reason() -> str | None:
-    if shutil.which("sinfo") is None:
-        return "no SLURM here: `sinfo` not found (CI starts a cluster with .ci/setup-slurm.sh)"
-    try:
-        result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "no SLURM here: `sinfo` timed out"
-    if result.returncode != 0 or not result.stdout.strip():
-        return f"no SLURM here: `sinfo` failed ({result.stderr.strip()[:200]})"
-    return None
 
 
 @pytest.mark.skipif(slurm_missing_reason() is not None, reason=slurm_missing_reason() or "")

@@ -17,24 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from slurm_cluster import slurm_missing_reason
 
 from hipas_core.sts.checkpoint import load_checkpoint
 
-
-def _slurm_missing_reason() -> str | None:
-    """As tests/slurm/test_slurm.py asks (one `sinfo`, asked once)."""
-    if shutil.which("sinfo") is None:
-        return "no SLURM here: `sinfo` not found (CI starts a cluster with .ci/setup-slurm.sh)"
-    try:
-        result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "no SLURM here: `sinfo` timed out"
-    if result.returncode != 0 or not result.stdout.strip():
-        return f"no SLURM here: `sinfo` failed ({result.stderr.strip()[:200]})"
-    return None
-
-
-MISSING = _slurm_missing_reason()
+MISSING = slurm_missing_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 REPO = Path(__file__).resolve().parents[2]

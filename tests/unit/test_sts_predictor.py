@@ -10,6 +10,7 @@ import torch
 from hipas_core.atomic import write_image
 from hipas_core.exclusion import read_marker
 from hipas_core.grid import STANDARD_SPACING
+from hipas_core.resources import shipped_model
 from hipas_core.sts.cascade import CascadeConfig
 from hipas_core.sts.checkpoint import build_model, save_checkpoint
 from hipas_core.sts.network import StageConfig
@@ -266,7 +267,7 @@ def test_a_model_file_that_carries_code_is_refused_without_running_it(tmp_path, 
 def test_a_raw_thick_scan_is_normalized_through_i2sr_like_hipas_normalize(tiny_model):
     thick = tiny_chest(spacing_zyx=(3.0, 1.4, 1.3))
     thin = tiny_chest(spacing_zyx=(1.0, 1.4, 1.3))
-    shipped = Predictor(tiny_model, i2sr_model="shipped")
+    shipped = Predictor(tiny_model, i2sr_model=shipped_model("i2sr-demo.pt"))
     assert shipped._i2sr_for(thick) is not None and shipped._i2sr_for(thin) is None
     assert Predictor(tiny_model)._i2sr_for(thick) is None  # the library default: trilinear z
     from hipas_core.normalize import normalize_ct
