@@ -28,6 +28,7 @@ from hipas_core.conventions import COHORT_COLUMNS, DISEASE_FLAGS
 from hipas_core.conventions import MANIFEST_REQUIRED as _MANIFEST_COLUMNS
 from hipas_core.errors import InvalidInputError
 from hipas_core.exclusion import read_marker
+from hipas_core.manifest import ManifestError, read_site_manifests
 
 # the manifest columns the cohort table takes (the scans' paths are the workflow's business)
 MANIFEST_REQUIRED: tuple[str, ...] = tuple(c for c in _MANIFEST_COLUMNS if c != "path")
@@ -37,22 +38,14 @@ EXCLUSION_COLUMNS: tuple[str, ...] = ("scan_id", "site", "stage", "reason")
 
 
 def read_manifests(sites: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
-    """All manifest rows (strings as written) with a ``site`` column, in site then row order."""
-    frames = []
-    for site, manifest in sites.items():
-        try:
-            frame = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
-        except FileNotFoundError:
-            raise InvalidInputError(f"{manifest}: manifest not found") from None
-        missing = [c for c in MANIFEST_REQUIRED if c not in frame.columns]
-        if missing:
-            raise InvalidInputError(f"{manifest}: missing column(s) {', '.join(missing)}")
-        frames.append(frame.assign(site=site))
-    manifests = pd.concat(frames, ignore_index=True)
-    duplicated = manifests["scan_id"].duplicated()
-    if duplicated.any():
-        raise InvalidInputError(f"duplicate scan_id {manifests['scan_id'][duplicated].iloc[0]!r} across the manifests")
-    return manifests
+    """All manifest rows (strings as written) with a ``site`` column, in site then row order,
+    read by the workflow's own manifest reader (``hipas_core.manifest``)."""
+    try:
+        rows = read_site_manifests(sites, required=MANIFEST_REQUIRED)
+    except ManifestError as error:
+        raise InvalidInputError(str(error)) from None
+    columns = list(dict.fromkeys(c for row in rows for c in row.values))
+    return pd.DataFrame([{**row.values, "site": row.site} for row in rows], columns=[*columns, "site"], dtype=str).fillna("")
 
 
 def assemble_cohort(

@@ -36,18 +36,51 @@ def spec_overrides(args: argparse.Namespace) -> dict:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, required=True, help="phantom seed (same seed, same bytes)")
+    parser.add_argument("--seed", type=int, help="phantom seed (same seed, same bytes); required without --manifest")
+    parser.add_argument("--manifest", metavar="TSV",
+                        help="take seed, protocol, demographics, disease flags and slice thickness from this phantom "
+                        "site manifest's row --scan-id (what the workflow does); options given as well override it")
+    parser.add_argument("--scan-id", help="the manifest row to generate (with --manifest)")
     parser.add_argument("--size", choices=("small", "full"), default="small",
                         help="small: reduced chest <= 192^2 x ~160 (tests, demo, training); full: adult 512^2")
-    parser.add_argument("--protocol", choices=("ncct", "ctpa"), default="ncct")
+    parser.add_argument("--protocol", choices=("ncct", "ctpa"), help="acquisition protocol (default: ncct)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--png", action="store_true", help="also write the QC picture qc.png")
     add_spec_options(parser)
 
 
+def _manifest_spec(args: argparse.Namespace) -> tuple[int, str, dict]:
+    """(seed, protocol, spec overrides) of ``--manifest``'s row ``--scan-id``."""
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.manifest import ManifestError, find_row
+    from hipas_core.phantom.cohort import row_overrides
+
+    if not args.scan_id:
+        raise InvalidInputError(f"{args.manifest}: --manifest needs --scan-id (the row to generate)")
+    try:
+        row = find_row(args.manifest, args.scan_id, required=("scan_id", "seed", "protocol", "sex", "age", "height_cm"))
+    except ManifestError as error:
+        raise InvalidInputError(str(error)) from None
+    where = f"{args.manifest}: line {row.line}"
+    try:
+        return (int(row.values["seed"]), row.values["protocol"].lower(), row_overrides(row.values))
+    except (KeyError, ValueError) as error:
+        raise InvalidInputError(f"{where}: not a phantom row ({error})") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    from hipas_core.errors import InvalidInputError
     from hipas_core.phantom import PhantomSpec, generate_phantom
 
-    spec = PhantomSpec.from_seed(args.seed, size=args.size, protocol=args.protocol, **spec_overrides(args))
+    seed, protocol, overrides = args.seed, args.protocol, {}
+    if args.manifest:
+        manifest_seed, protocol_of_row, overrides = _manifest_spec(args)
+        seed = manifest_seed if seed is None else seed
+        protocol = protocol or protocol_of_row
+    elif args.scan_id:
+        raise InvalidInputError("--scan-id needs --manifest")
+    if seed is None:
+        raise InvalidInputError("give --seed, or --manifest with --scan-id")
+    spec = PhantomSpec.from_seed(seed, size=args.size, protocol=protocol or "ncct", **{**overrides, **spec_overrides(args)})
     generate_phantom(spec).write(args.out, png=args.png)
     return 0

@@ -3,7 +3,7 @@
 ``demo_cohort_rows`` draws, deterministically from ``seed``, one row per scan: its site, the
 phantom seed and every demographic value, so a manifest row maps one-to-one onto
 ``hipas phantom --seed S --sex X --age A --height-cm H --protocol P --<flag> 0|1 ...``
-(``phantom_arguments``). Site age/sex/protocol mixes follow Table 1 (clinical association
+(``hipas phantom --manifest``, ``row_overrides``). Site age/sex/protocol mixes follow Table 1 (clinical association
 cohort); disease prevalences are the demo's own (spec.FLAG_PREVALENCE).
 """
 
@@ -79,24 +79,20 @@ def workflow_manifest_text(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def phantom_arguments(row: dict, *, size: str = "small") -> list[str]:
-    """The ``hipas phantom`` arguments (without ``--out``) that generate ``row``'s scan."""
-    args = ["--seed", str(row["seed"]), "--size", size, "--protocol", str(row["protocol"]).lower(),
-            "--sex", str(row["sex"]), "--age", str(row["age"]), "--height-cm", str(row["height_cm"])]
-    for flag in DISEASE_FLAGS:
-        args += [f"--{flag}", str(int(row[flag]))]
+def row_overrides(row: dict) -> dict:
+    """The ``PhantomSpec.from_seed`` overrides of a cohort or manifest row (values as numbers or
+    as the strings a manifest holds): sex, age, height, disease flags (empty: 0) and slice
+    thickness (empty or absent: drawn from the seed)."""
+    overrides = {"sex": str(row["sex"]), "age": float(row["age"]), "height_cm": float(row["height_cm"]),
+                 **{flag: int(row[flag]) if row.get(flag) not in (None, "") else 0 for flag in DISEASE_FLAGS}}
     if row.get("slice_thickness_mm") not in (None, ""):
-        args += ["--slice-thickness", str(row["slice_thickness_mm"])]
-    return args
+        overrides["slice_thickness_mm"] = float(row["slice_thickness_mm"])
+    return overrides
 
 
 def spec_for_row(row: dict, *, size: str = "small"):
-    """The ``PhantomSpec`` of a cohort row (same as ``hipas phantom`` with ``phantom_arguments``)."""
+    """The ``PhantomSpec`` of a cohort row (what ``hipas phantom --manifest`` builds from the
+    row as the manifest writes it)."""
     from hipas_core.phantom.spec import PhantomSpec
 
-    return PhantomSpec.from_seed(
-        row["seed"], size=size, protocol=str(row["protocol"]).lower(), sex=row["sex"], age=float(row["age"]),
-        height_cm=float(row["height_cm"]), **{f: int(row[f]) for f in DISEASE_FLAGS},
-        **({"slice_thickness_mm": float(row["slice_thickness_mm"])}
-           if row.get("slice_thickness_mm") not in (None, "") else {}),
-    )
+    return PhantomSpec.from_seed(int(row["seed"]), size=size, protocol=str(row["protocol"]).lower(), **row_overrides(row))

@@ -1,7 +1,7 @@
 """hipas_core.conventions is the one place that defines the project's conventions.
 
-(a) The workflow keeps its own copies (the DAG is planned without the package): the manifest
-schema and ``common.smk`` must agree with the core. (b) No copy comes back elsewhere in
+(a) The workflow plans without the package: the manifest schema must agree with the core, and the
+rules keep no copy of their own. (b) No copy comes back elsewhere in
 ``hipas_core`` or ``analysis``: the grep-style checks below fail when one does.
 Files are read as text (YAML, ``ast``, ``tokenize``); neither Snakemake nor the package's heavy
 modules are imported.
@@ -56,11 +56,11 @@ def test_manifest_schema_agrees_with_the_core():
     assert tuple(flags) == c.DISEASE_FLAGS  # every flag, in the core's order, and nothing else
 
 
-def test_common_smk_disease_flags_agree_with_the_core():
-    text = _common_smk()
-    found = re.findall(r"^DISEASE_FLAGS\s*=\s*(\(.*?\))\s*$", text, flags=re.M)
-    assert len(found) == 1, "common.smk defines DISEASE_FLAGS once, as a literal tuple"
-    assert ast.literal_eval(found[0]) == c.DISEASE_FLAGS
+def test_the_workflow_keeps_no_copy_of_the_disease_flags():
+    """The workflow reads the flags from the manifests through the schema; phantoms get them from
+    ``hipas phantom --manifest``. No rules file restates them."""
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "Snakefile"]:
+        assert not re.search(r"^\s*DISEASE_FLAGS\s*=", path.read_text(), flags=re.M), path
 
 
 def test_common_smk_loads_without_the_package():

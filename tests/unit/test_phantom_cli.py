@@ -6,7 +6,7 @@ import json
 
 import SimpleITK as sitk
 
-from hipas_core.phantom.cohort import demo_cohort_rows, phantom_arguments, spec_for_row
+from hipas_core.phantom.cohort import demo_cohort_rows, spec_for_row, workflow_manifest_text
 
 FILES = ("ct.nii.gz", "labels.nii.gz", "levels.nii.gz", "lungs.nii.gz", "truth.json")
 
@@ -35,17 +35,35 @@ def test_cli_rejects_bad_values(hipas, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cohort_rows_map_to_phantom_arguments():
+def test_cohort_rows_map_to_phantom_specs():
     rows = demo_cohort_rows(sites=3, scans_per_site=4, seed=1)
     assert rows == demo_cohort_rows(sites=3, scans_per_site=4, seed=1)
     assert len(rows) == 12 and len({r["scan_id"] for r in rows}) == 12
     assert {r["site"] for r in rows} == {"harbin", "mudanjiang", "guangzhou"}
     assert all(r["protocol"] == "NCCT" for r in rows if r["site"] == "mudanjiang")
     row = rows[0]
-    args = phantom_arguments(row)
-    assert args[args.index("--sex") + 1] == row["sex"]
     spec = spec_for_row(row)
     assert (spec.sex, spec.age, spec.height_cm, spec.seed) == (row["sex"], row["age"], row["height_cm"], row["seed"])
+
+
+def test_cli_reads_its_row_from_a_manifest(hipas, tmp_path):
+    """What the workflow runs: the row's seed, protocol, demographics and thickness, as the manifest
+    writes them, give the same phantom as ``spec_for_row`` on the cohort row."""
+    rows = demo_cohort_rows(sites=1, scans_per_site=3, seed=5, thick_fraction=0.5)
+    row = {**max(rows, key=lambda r: r["slice_thickness_mm"] or 0), "copd": 1}
+    manifest = tmp_path / "site.tsv"
+    manifest.write_text(workflow_manifest_text([row]))
+    hipas("phantom", "--manifest", manifest, "--scan-id", row["scan_id"], "--out", tmp_path / "p", check=True)
+    spec = json.loads((tmp_path / "p" / "truth.json").read_text())["spec"]
+    expected = spec_for_row(row)
+    assert (spec["seed"], spec["sex"], spec["age"], spec["copd"], spec["protocol"]) == (
+        expected.seed, expected.sex, expected.age, 1, expected.protocol)
+    assert spec["slice_thickness_mm"] == expected.slice_thickness_mm
+    missing = hipas("phantom", "--manifest", manifest, "--scan-id", "nobody", "--out", tmp_path / "q")
+    assert missing.returncode == 2 and "no row with scan_id 'nobody'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    alone = hipas("phantom", "--out", tmp_path / "r")
+    assert alone.returncode == 2 and "--seed" in alone.stderr
 
 
 def test_phantom_cohort_cli(hipas, tmp_path):

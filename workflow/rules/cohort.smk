@@ -15,6 +15,7 @@ rule cohort_table:
         ),
     params:
         sites=site_options(),
+        scans_dir=lambda wildcards, input: os.path.dirname(os.path.dirname(input.rows[0])),
     log:
         "results/logs/cohort_table.log",
     benchmark:
@@ -26,7 +27,7 @@ rule cohort_table:
         mem_mb=4000,
         runtime=30,
     shell:
-        "hipas cohort-table {params.sites} --scans-dir results/scans"
+        "hipas cohort-table {params.sites} --scans-dir {params.scans_dir}"
         " -o {output.table} --exclusions {output.exclusions} > {log} 2>&1"
 
 

@@ -1,89 +1,70 @@
 # Config and manifest loading, validation and input functions (no rules here).
 #
-# Manifests are validated in one pass with plain Python (csv, sets, os.access) against the
-# allowed values in workflow/schemas/manifest.schema.yaml: 11,784 rows take well under a second,
+# Manifests are validated in one pass by hipas_core/manifest.py (the reader `hipas cohort-table`
+# uses too) against the allowed values in workflow/schemas/manifest.schema.yaml, plus the
+# workflow's own rules for paths and labels here: 11,784 rows take well under a second,
 # where validating each row with jsonschema would take tens of seconds. Every error is one line
 # naming the manifest, its line and the column.
 
-import csv
+import importlib.util
 import os
-import re
+import sys
 
 import yaml
 
+
+def _load_manifest_module():
+    """The manifest reader, hipas_core/manifest.py: the checkout's own file by its path (it imports
+    only the standard library, so planning needs neither the installed package nor numpy or
+    torch), else the installed package's (a copy of the workflow without the package sources)."""
+    path = os.path.join(workflow.basedir, "hipas_core", "manifest.py")
+    if not os.path.isfile(path):
+        import hipas_core.manifest
+
+        return hipas_core.manifest
+    spec = importlib.util.spec_from_file_location("_hipas_manifest", path)
+    manifest_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = manifest_module  # dataclasses look their module up there
+    spec.loader.exec_module(manifest_module)
+    return manifest_module
+
+
+_manifest = _load_manifest_module()
+ManifestError = _manifest.ManifestError
 MANIFEST_SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "workflow/schemas/manifest.schema.yaml")))
-DISEASE_FLAGS = ("cardiomegaly", "calcification", "pah", "nodule", "embolism", "copd")
 PHANTOM_CT = "results/phantoms/{scan}/ct.nii.gz"
 PHANTOM_LABELS = "results/phantoms/{scan}/labels.nii.gz"
-
-
-class ManifestError(Exception):
-    """A manifest that breaks the rules; the message is one line naming file, line and column."""
-
-
-def _manifest_checks():
-    """column -> (kind, allowed) from the manifest schema: ('enum', set) or ('pattern', regex)."""
-    checks = {}
-    for column, spec in MANIFEST_SCHEMA["properties"].items():
-        if "enum" in spec:
-            checks[column] = ("enum", frozenset(spec["enum"]))
-        elif "pattern" in spec:
-            checks[column] = ("pattern", re.compile(spec["pattern"]))
-    return checks
+PHANTOM_COLUMNS = ("seed", "height_cm")  # besides the schema's required columns, on phantom sites
 
 
 def load_manifests(sites):
     """Validate every site manifest; return (scans: scan_id -> row dict, site -> [scan ids])."""
-    checks = _manifest_checks()
-    required = MANIFEST_SCHEMA["required"]
-    scans, by_site, first_seen = {}, {}, {}
-    for site, entry in sites.items():
-        manifest = entry["manifest"]
-        phantom = entry.get("phantom", False)
-        if not os.access(manifest, os.R_OK):
-            raise ManifestError(f"{manifest}: manifest of site {site!r} not found or not readable")
+    rows = _manifest.read_site_manifests(
+        {site: entry["manifest"] for site, entry in sites.items()},
+        required=MANIFEST_SCHEMA["required"], checks=_manifest.value_checks(MANIFEST_SCHEMA),
+        extra_required={site: PHANTOM_COLUMNS for site, entry in sites.items() if entry.get("phantom", False)})
+    scans, by_site = {}, {site: [] for site in sites}
+    for entry in rows:
+        manifest, line, row = entry.manifest, entry.line, dict(entry.values)
+        phantom = sites[entry.site].get("phantom", False)
+        scan_id = row["scan_id"]
         folder = os.path.dirname(os.path.abspath(manifest))
-        with open(manifest, newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            header = next(reader, None) or []
-            missing = [c for c in required if c not in header]
-            if phantom:
-                missing += [c for c in ("seed", "height_cm") if c not in header]
-            if missing:
-                raise ManifestError(f"{manifest}: line 1: missing column(s) {', '.join(missing)}")
-            column_checks = [(header.index(c), c, kind, allowed) for c, (kind, allowed) in checks.items() if c in header]
-            site_scans = by_site.setdefault(site, [])
-            for line, values in enumerate(reader, start=2):
-                if not values or values == [""]:
-                    continue
-                if len(values) != len(header):
-                    raise ManifestError(f"{manifest}: line {line}: {len(values)} fields, the header has {len(header)}")
-                for index, column, kind, allowed in column_checks:
-                    value = values[index]
-                    ok = value in allowed if kind == "enum" else allowed.fullmatch(value) is not None
-                    if not ok:
-                        want = " or ".join(sorted(allowed)) if kind == "enum" else allowed.pattern
-                        raise ManifestError(f"{manifest}: line {line}, column {column}: {value!r} is not allowed (expected {want})")
-                row = dict(zip(header, values))
-                scan_id = row["scan_id"]
-                if scan_id in first_seen:
-                    raise ManifestError(f"{manifest}: line {line}, column scan_id: {scan_id!r} already used in {first_seen[scan_id]}")
-                first_seen[scan_id] = f"{manifest} line {line}"
-                path = os.path.normpath(os.path.join(folder, row["path"]))
-                if phantom:
-                    expected = os.path.abspath(PHANTOM_CT.format(scan=scan_id))
-                    if path != expected:
-                        raise ManifestError(f"{manifest}: line {line}, column path: a phantom site's scan must be {expected}, not {path}")
-                    row["input"] = PHANTOM_CT.format(scan=scan_id)
-                else:
-                    if not os.access(path, os.R_OK):
-                        raise ManifestError(f"{manifest}: line {line}, column path: {path} not found or not readable")
-                    row["input"] = path
-                row["labels_input"] = _labels_input(row.get("labels", ""), folder, scan_id, phantom,
-                                                    f"{manifest}: line {line}, column labels")
-                row["site"] = site
-                scans[scan_id] = row
-                site_scans.append(scan_id)
+        path = os.path.normpath(os.path.join(folder, row["path"]))
+        if phantom:
+            expected = os.path.abspath(PHANTOM_CT.format(scan=scan_id))
+            if path != expected:
+                raise ManifestError(f"{manifest}: line {line}, column path: a phantom site's scan must be {expected}, not {path}")
+            row["input"] = PHANTOM_CT.format(scan=scan_id)
+        else:
+            if not os.access(path, os.R_OK):
+                raise ManifestError(f"{manifest}: line {line}, column path: {path} not found or not readable")
+            row["input"] = path
+        row["labels_input"] = _labels_input(row.get("labels", ""), folder, scan_id, phantom,
+                                            f"{manifest}: line {line}, column labels")
+        row["site"] = entry.site
+        row["manifest"] = manifest
+        scans[scan_id] = row
+        by_site[entry.site].append(scan_id)
     return scans, by_site
 
 
@@ -124,11 +105,15 @@ def scan_ct(wildcards):
     return SCANS[wildcards.scan]["input"]
 
 
-def phantom_arguments(wildcards):
-    from hipas_core.phantom.cohort import phantom_arguments as arguments
+def scan_manifest(wildcards):
+    return SCANS[wildcards.scan]["manifest"]
 
+
+def manifest_row(wildcards):
+    """The scan's manifest row as written: a parameter of the rules that read it themselves, so
+    that editing the row (not the rest of the manifest) reruns them."""
     row = SCANS[wildcards.scan]
-    return " ".join(arguments(row, size=config["phantom"]["size"]))
+    return "\t".join(f"{k}={v}" for k, v in row.items() if k not in ("input", "labels_input", "site", "manifest"))
 
 
 def batch_dir(site, chunk):
@@ -176,8 +161,8 @@ def batch_table(wildcards, output):
     std_output keeps them in the standardized grid too, for morphometry and the QC picture."""
     lines = ["input\toutput\trecord\tscan_id\tstd_output"]
     for scan in BATCHES[(wildcards.site, wildcards.chunk)]:
-        lines.append(f"results/scans/{scan}/std.nii.gz\t{output[0]}/{scan}.nii.gz\tresults/scans/{scan}/std.json"
-                     f"\t{scan}\t{output[0]}/{scan}.std.nii.gz")
+        lines.append(f"results/scans/{scan}/std.nii.gz\t{output.labels}/{scan}.nii.gz\tresults/scans/{scan}/std.json"
+                     f"\t{scan}\t{output.labels}/{scan}.std.nii.gz")
     return "\n".join(lines) + "\n"
 
 

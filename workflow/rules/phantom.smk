@@ -1,5 +1,5 @@
-# Demo cohort: sites with `phantom: true` get their scans from `hipas phantom`, with the
-# manifest row's seed and demographics (hipas_core.phantom.cohort.phantom_arguments).
+# Demo cohort: sites with `phantom: true` get their scans from `hipas phantom`, which reads the
+# manifest row's seed, protocol, demographics and slice thickness itself (--manifest --scan-id).
 
 
 rule demo_phantom:
@@ -8,7 +8,9 @@ rule demo_phantom:
         truth="results/phantoms/{scan}/truth.json",
         labels=PHANTOM_LABELS,
     params:
-        arguments=phantom_arguments,
+        manifest=scan_manifest,
+        row=manifest_row,
+        size=config["phantom"]["size"],
         folder=lambda wildcards, output: os.path.dirname(output.ct),
     log:
         "results/logs/demo_phantom/{scan}.log",
@@ -21,4 +23,5 @@ rule demo_phantom:
         mem_mb=2000,
         runtime=10,
     shell:
-        "hipas phantom {params.arguments} --out {params.folder} > {log} 2>&1"
+        "hipas phantom --manifest {params.manifest:q} --scan-id {wildcards.scan} --size {params.size}"
+        " --out {params.folder} > {log} 2>&1"

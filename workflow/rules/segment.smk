@@ -3,7 +3,9 @@
 # --batch`), so Python, CUDA and model start-up are paid once per batch, not once per scan.
 # The labels of a batch land in one folder, per scan (or exclusion markers): `<scan>.nii.gz` in
 # the scan's own grid (mapped back through its normalization record), the deliverable, and
-# `<scan>.std.nii.gz` in the standardized grid, which morphometry measures.
+# `<scan>.std.nii.gz` in the standardized grid, which morphometry measures. The batch table
+# (`batch<chunk>.tsv` beside the folder: input, output, record, scan_id, std_output per scan) is
+# an output of its own, the record of what the job was asked to do.
 
 
 rule segment:
@@ -12,13 +14,13 @@ rule segment:
         records=batch_records,
         model=config["models"]["sts"],
     output:
-        directory("results/segment/{site}/batch{chunk}"),
+        labels=directory("results/segment/{site}/batch{chunk}"),
+        table="results/segment/{site}/batch{chunk}.tsv",
     params:
         table=batch_table,
         device=SEGMENT_DEVICE,
     log:
-        table="results/logs/segment/{site}_batch{chunk}.tsv",
-        stderr="results/logs/segment/{site}_batch{chunk}.log",
+        "results/logs/segment/{site}_batch{chunk}.log",
     benchmark:
         "results/benchmarks/segment/{site}_batch{chunk}.tsv"
     conda:
@@ -27,11 +29,12 @@ rule segment:
     resources:
         mem_mb=16000,
         runtime=batch_runtime,
-        gpu=1,
+        gpu=1,  # sbatch --gpus=1 under the SLURM executor
+        cpus_per_gpu=2,
     shell:
-        "printf '%s' {params.table:q} > {log.table} &&"
-        " hipas segment --batch {log.table} --model {input.model} --device {params.device}"
-        " --threads {threads} --exclude-invalid > {log.stderr} 2>&1"
+        "printf '%s' {params.table:q} > {output.table} &&"
+        " hipas segment --batch {output.table} --model {input.model} --device {params.device}"
+        " --threads {threads} --exclude-invalid > {log} 2>&1"
 
 
 # A manifest row with a `labels` file (the user's own annotation, another tool's output, or a
