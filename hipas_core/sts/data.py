@@ -15,6 +15,10 @@ put the heart where no heart is; each breaks the anatomy that tells arteries fro
 With ``synthetic_ncct_probability`` a CTPA case (``meta["protocol"] == "ctpa"``) is replaced,
 for that patch, by its synthetic non-contrast copy (``synthetic_ncct_case``: contrast-filled
 blood lowered to ~50 HU, vesselness recomputed), made once per case and kept in memory.
+``domain_randomization`` (``hipas_core.sts.randomization``, off by default) randomizes the
+appearance of the augmented patch's CT (tissue intensities, contrast phase, bias field, blur,
+noise, sharp kernel, field of view) with its labels exact, and the vesselness channel is then
+recomputed from the randomized CT (``Augmentation.randomize_domain``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from hipas_core.conventions import DEMO_VESSELNESS_SIGMAS_MM
 from hipas_core.grid import STANDARD_SPACING
+from hipas_core.sts.randomization import DomainRandomization, draw_randomization
 
 
 @dataclass
@@ -116,13 +121,26 @@ def level_territories(levels: np.ndarray, *, spacing: Sequence[float] = STANDARD
     return out
 
 
-def network_input(ct_window: np.ndarray, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM) -> np.ndarray:
+def network_input(
+    ct_window: np.ndarray,
+    *,
+    vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+    chunk_voxels: int | None = None,
+) -> np.ndarray:
     """The two input channels of a stage: (Z, Y, X) windowed CT on the standardized grid ->
-    (2, Z, Y, X) float16 (the CT and its vesselness at ``vesselness_sigmas_mm``)."""
+    (2, Z, Y, X) float16 (the CT and its vesselness at ``vesselness_sigmas_mm``).
+    ``chunk_voxels``: the vesselness z-slab size (``hipas_core.vesselness.vesselness``; the
+    result does not depend on it, only the speed and memory do); None: its default."""
     from hipas_core.vesselness import vesselness
 
-    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm)
+    slabs = {} if chunk_voxels is None else {"chunk_voxels": int(chunk_voxels)}
+    enhanced = vesselness(ct_window, spacing=STANDARD_SPACING, sigmas_mm=vesselness_sigmas_mm, **slabs)
     return np.stack([ct_window, enhanced]).astype(np.float16)
+
+
+PATCH_VESSELNESS_CHUNK_VOXELS = 100_000
+"""Vesselness slab size for a training patch: slabs of ~10 slices stay in the CPU caches; on a
+54 x 106 x 106 patch this takes half the CPU time of one slab, with identical values."""
 
 
 def prepare_case(
@@ -265,6 +283,11 @@ class Augmentation:
     thick_slice_probability: float = 0.25
     flip_axes: tuple[int, ...] = ()
     synthetic_ncct_probability: float = 0.0  # CTPA cases only
+    # appearance randomization after apply(), vesselness recomputed (off: draws nothing)
+    domain_randomization: DomainRandomization = field(default_factory=DomainRandomization)
+
+    def __post_init__(self) -> None:  # a dict from a checkpoint's training config -> the settings
+        object.__setattr__(self, "domain_randomization", DomainRandomization.from_dict(self.domain_randomization))
 
     def pick_case(
         self, case: TrainingCase, rng: np.random.Generator, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM
@@ -299,6 +322,29 @@ class Augmentation:
                 image = np.flip(image, axis=1 + axis)
                 targets = [np.flip(t, axis=t.ndim - 3 + axis) for t in targets]
         return np.ascontiguousarray(image), [np.ascontiguousarray(t) for t in targets]
+
+    def randomize_domain(
+        self,
+        image: np.ndarray,
+        labels: np.ndarray | None,
+        rng: np.random.Generator,
+        *,
+        lungs: np.ndarray | None = None,
+        vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+    ) -> np.ndarray:
+        """Domain randomization of an (augmented) patch: ``image`` (2, Z, Y, X) float32 [CT,
+        vesselness], ``labels`` (Z, Y, X) its exact labels (after any flip), ``lungs`` its lung
+        mask or None. Returns (2, Z, Y, X) float32: the randomized CT (rounded to float16, as
+        cases store it) and the vesselness recomputed from it (``network_input``), or ``image``
+        itself when this patch is not randomized. ``labels`` None: only the random draws are made
+        (the same ones, ``rng`` ends where it would; another rank's patch) and ``image`` is
+        returned. Nothing is drawn when the randomization is off."""
+        draw = draw_randomization(self.domain_randomization, image.shape[1:], rng)
+        if labels is None or not draw.applied:
+            return image
+        ct = draw.apply(image[0], labels, lungs=lungs).astype(np.float16).astype(np.float32)
+        return network_input(ct, vesselness_sigmas_mm=vesselness_sigmas_mm,
+                             chunk_voxels=PATCH_VESSELNESS_CHUNK_VOXELS).astype(np.float32)
 
 
 def synthetic_ncct_case(
