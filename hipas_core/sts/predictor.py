@@ -142,7 +142,10 @@ class Predictor:
     ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
     in both grids follow. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
-    else log lines; ``"off"`` for none).
+    else log lines; ``"off"`` for none). ``precision``: ``"auto"`` (float32 on CPU; on CUDA
+    bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+    ``channels_last`` (default off) runs the network on channels-last tensors
+    (``benchmarks/bench_segment_precision.py`` measures layout and precision on CPU).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class Predictor:
         branch_coupling: float | None = None,
         progress: str | None = None,
         i2sr_model: str | os.PathLike | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         self.confine = bool(confine)
         # a raw scan (no record) with thick slices is normalized through this I2SR checkpoint, as
@@ -175,6 +179,10 @@ class Predictor:
         self.device = torch.device(device)
         self.kind = payload["kind"]
         self.model = model_from_checkpoint(payload, source=self.model_path).to(self.device)
+        # channels-last tensors (oneDNN's 3D convolutions on CPU; same values to float rounding)
+        self.channels_last = False if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
         inference = payload.get("inference", {})
         self.window = tuple(int(w) for w in (window or inference.get("window", (128, 192, 192))))
         if any(w % SIZE_MULTIPLE for w in self.window):
@@ -251,6 +259,8 @@ class Predictor:
         with Progress(description, total=total, unit="windows", mode=self.progress) as progress:
 
             def counted(batch: torch.Tensor) -> torch.Tensor:
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
                 result = fn(batch)
                 if result.is_cuda:  # count windows done, not windows queued
                     torch.cuda.synchronize(result.device)
