@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "DSC, SEN, SPE, MCS, HD95, TD, BD of a prediction against truth"),
     "train": ("train", "train an STS cascade (or the single-stage baseline)"),
     "pretrain": ("pretrain", "masked-autoencoder pre-training of the STS stage encoder"),
+    "train-i2sr": ("train_i2sr", "train (or evaluate) the I2SR slice super-resolution network"),
     "cohort-table": ("cohort_table", "join per-scan morphometry rows with site manifests"),
     "synth-cohort": ("synth_cohort", "a cohort table with planted effects"),
     "figure4": ("figure4", "Figure 4 tables and plots from a cohort table"),
