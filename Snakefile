@@ -32,6 +32,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/training.smk"
 
 
 wildcard_constraints:

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "levels": ("levels", "the paper's four branch levels from an artery/vein label map"),
     "evaluate": ("evaluate", "DSC, SEN, SPE, MCS, HD95, TD, BD of a prediction against truth"),
     "train": ("train", "train an STS cascade (or the single-stage baseline)"),
+    "prepare-training": ("prepare_training", "one annotated CT (or phantom) as a prepared training case on disk"),
+    "training-manifest": ("training_manifest", "the manifest (train/val/excluded) of prepared training cases"),
     "pretrain": ("pretrain", "masked-autoencoder pre-training of the STS stage encoder"),
     "train-i2sr": ("train_i2sr", "train (or evaluate) the I2SR slice super-resolution network"),
     "cohort-table": ("cohort_table", "join per-scan morphometry rows with site manifests"),

@@ -4,7 +4,16 @@
                 [--patch 64 96 96] [--width 8] [--blocks 0 1 1 1 1] [--steps 400] [--lr 1e-3]
                 [--mode joint|stagewise] [--seed 0] [--device cpu|cuda] [--max-minutes 25]
     hipas train --out CKPT.pt --data FOLDER ...     # real scans with artery/vein masks
+    hipas train --out CKPT.pt --prepared MANIFEST.tsv|DIR [--workers N] ...   # prepared training set
     hipas train --out BASE.pt --baseline ...        # plain 3D U-Net, about the cascade's parameters
+
+``--prepared``: a training set written by ``hipas prepare-training`` (+ ``hipas training-manifest``):
+the cases stay on disk, memory-mapped, and the patches are drawn in ``--workers`` DataLoader
+processes (``hipas_core.sts.streaming``), exactly the patches the in-memory path draws for the
+same cases; the manifest's val split gives the validation Dice (a folder of cases: all train).
+``--workers`` > 1 needs ``--patch-stream per-patch``; ``--cached-priors`` and ``--synthetic-ncct``
+are refused with ``--prepared``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
+step, loss, validation Dice, patches/s, data-wait fraction).
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
 (``hipas_core.sts.data.phantom_plan``). ``--resume`` continues from CKPT.pt's saved state.
@@ -37,6 +46,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phantom-seeds", default="1-12", help="training phantom seeds, e.g. 1-12 (default)")
     parser.add_argument("--val-seeds", default="501-502", help="validation phantom seeds (default 501-502)")
     parser.add_argument("--data", help="folder of real annotated scans instead of phantoms")
+    parser.add_argument("--prepared", metavar="MANIFEST_OR_DIR",
+                        help="a prepared training set (hipas training-manifest TSV, or a folder of case folders) "
+                        "instead of phantoms: cases memory-mapped, patches drawn in --workers processes")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="with --prepared: DataLoader worker processes drawing the patches (default 0: in the "
+                        "training process; > 1 needs --patch-stream per-patch)")
     parser.add_argument("--cache", default="results/sts_cache", help="cache folder for prepared phantoms")
     parser.add_argument("--patch", type=int, nargs=3, default=(128, 192, 192), metavar=("Z", "Y", "X"))
     parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="inference window (default: patch)")
@@ -133,6 +148,30 @@ def _check_checkpoints(args: argparse.Namespace) -> None:
         load_checkpoint(args.out, kind=kind)
 
 
+def _prepared_set(args: argparse.Namespace):
+    """(training cases, validation cases, data description, patch source) of ``--prepared``;
+    the cases are memory-mapped (nothing is read until a patch is cut)."""
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts.prepared import load_prepared_case, read_case_record
+    from hipas_core.sts.streaming import PreparedPatches
+    from hipas_core.sts.training_set import resolve_training_set
+
+    if args.workers < 0:
+        raise InvalidInputError(f"--workers {args.workers}: 0 or more is needed")
+    training_set = resolve_training_set(args.prepared)
+    cases = [load_prepared_case(folder) for folder in training_set.train]
+    val_cases = [load_prepared_case(folder) for folder in training_set.val]
+    wanted = tuple(float(s) for s in args.vesselness_sigmas)
+    for folder in training_set.train + training_set.val:  # the input channels inference will compute
+        used = tuple(float(s) for s in read_case_record(folder)["settings"]["vesselness_sigmas_mm"])
+        if used != wanted:
+            raise InvalidInputError(f"{folder}: prepared with vesselness sigmas {used}, this run uses "
+                                    f"{wanted} (--vesselness-sigmas)")
+    description = {"prepared": {"cases": [c.name for c in cases], "validation": [c.name for c in val_cases],
+                                "excluded": [list(item) for item in training_set.excluded]}}
+    return cases, val_cases, description, PreparedPatches(training_set.train, workers=args.workers)
+
+
 def _batch_per_rank(args: argparse.Namespace, world: int) -> int:
     from hipas_core.errors import InvalidInputError
 
@@ -188,7 +227,14 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
     randomization = DomainRandomization.preset(args.domain_randomization,
                                                patch_probability=args.domain_randomization_probability)
     _check_checkpoints(args)
-    if args.data:
+    patch_source = None
+    if args.data and args.prepared:
+        raise InvalidInputError("give --data or --prepared, not both")
+    if args.workers and not args.prepared:
+        raise InvalidInputError("--workers applies to --prepared")
+    if args.prepared:
+        cases, val_cases, description, patch_source = _prepared_set(args)
+    elif args.data:
         cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas)
         val_cases = []
         description = {"folder": str(args.data), "cases": [c.name for c in cases]}
@@ -222,8 +268,13 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,
         lr_schedule=args.lr_schedule, channels_last=args.channels_last, patch_stream=args.patch_stream,
     )
+    if patch_source is not None:
+        try:
+            patch_source.check(config)
+        except ValueError as error:
+            raise InvalidInputError(str(error)) from None
     summary = train(config, cases, output=args.out, validation_cases=val_cases, data_description=description,
-                    resume=args.resume, progress=not args.no_progress)
+                    resume=args.resume, progress=not args.no_progress, patch_source=patch_source)
     if not main:  # rank 0 reports
         return 0
     last = summary["history"][-1] if summary["history"] else {}

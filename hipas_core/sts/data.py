@@ -48,10 +48,21 @@ class TrainingCase:
     meta: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict, repr=False, compare=False)  # in memory only (not saved)
     skeleton: np.ndarray | None = field(default=None, repr=False, compare=False)  # see centrelines()
+    # (flat indices, offsets): see vessel_voxels(); computed on first use, or read from disk
+    level_voxels: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.labels.shape)
+
+    def vessel_voxels(self, level: int) -> np.ndarray:
+        """Flat (C-order, (Z, Y, X)) indices of the voxels of ``levels == level`` (1..4), ascending
+        (what ``np.flatnonzero(levels.ravel() == level)`` gives), from an index of all vessel
+        voxels built once (``level_voxel_index``), so a patch never scans the whole volume."""
+        if self.level_voxels is None:
+            self.level_voxels = level_voxel_index(self.levels)
+        flat, offsets = self.level_voxels
+        return flat[int(offsets[level - 1]):int(offsets[level])]
 
     def centrelines(self) -> np.ndarray:
         """(Z, Y, X) uint8 tubed centrelines of the labels (0, 1 artery, 2 vein), the targets of
@@ -100,6 +111,18 @@ def tubed_skeleton(labels: np.ndarray) -> np.ndarray:
         tube = ndimage.binary_dilation(skeletonize(mask), structure=cross) & mask
         out[tube] = tree
     return out
+
+
+def level_voxel_index(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, offsets) of a (Z, Y, X) level map (0 background, 1..4): ``flat`` int64 the C-order
+    indices of every voxel of levels 1..4, grouped by level and ascending within each, and
+    ``offsets`` (5,) int64 with level ``lv``'s voxels at ``flat[offsets[lv - 1]:offsets[lv]]``."""
+    ravel = np.asarray(levels).ravel()
+    vessel = np.flatnonzero((ravel >= 1) & (ravel <= 4))
+    order = np.argsort(ravel[vessel], kind="stable")
+    flat = vessel[order].astype(np.int64)
+    counts = np.bincount(ravel[vessel], minlength=5)[1:5]
+    return flat, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def level_territories(levels: np.ndarray, *, spacing: Sequence[float] = STANDARD_SPACING) -> np.ndarray:
@@ -256,7 +279,7 @@ def folder_cases(
         if lab.is_file():
             pairs.append((ct.name.replace("_ct.nii.gz", ""), ct, lab, None, None))
     for ct in sorted((root / "ct_scan").glob("*.npz")):
-        lab = root / "annotation" / ct.name
+        lab = root / "annotation" / "artery" / ct.name  # read_labels reads the vein mask beside it
         if lab.is_file():
             pairs.append((ct.stem, ct, lab, None, None))
     if not pairs:
@@ -366,7 +389,7 @@ def synthetic_ncct_case(
         labels=case.labels,
         levels=case.levels, lungs=case.lungs, territory=case.territory, weights=case.weights,
         meta={**case.meta, "protocol": "synthetic-ncct", "source_protocol": case.meta.get("protocol")},
-        skeleton=case.skeleton,
+        skeleton=case.skeleton, level_voxels=case.level_voxels,
     )
 
 
@@ -388,10 +411,10 @@ def sample_patch(
     """
     patch = tuple(int(p) for p in patch)
     shape = np.array(case.shape)
-    if rng.random() < vessel_probability and case.levels.any():
-        present = [lv for lv in range(1, 5) if (case.levels == lv).any()]
+    present = [lv for lv in range(1, 5) if len(case.vessel_voxels(lv))]  # draws nothing
+    if rng.random() < vessel_probability and present:
         level = present[int(rng.integers(len(present)))]
-        candidates = np.flatnonzero(case.levels.ravel() == level)
+        candidates = case.vessel_voxels(level)
         centre = np.array(np.unravel_index(candidates[int(rng.integers(len(candidates)))], case.shape))
     else:
         centre = np.array([rng.integers(0, s) for s in shape])

@@ -320,6 +320,41 @@ def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig
     return cache[case.name]
 
 
+def training_log_path(checkpoint: str | os.PathLike) -> Path:
+    """The CSV training log beside a checkpoint: ``run.pt`` -> ``run.log.csv``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.log.csv")
+
+
+def write_training_log(path: str | os.PathLike, history: Sequence[dict], throughput: Sequence[dict], *,
+                       global_batch: int) -> None:
+    """Write (atomically) one CSV row per step: ``step``, ``loss``, ``val_dice_artery``,
+    ``val_dice_vein`` (empty where not validated), ``patches_per_s`` (the global batch over the
+    step's wall time: waiting for the batch, moving it to the device, forward, backward, update;
+    validation and checkpoints are not counted) and ``data_wait_fraction`` (the share of that
+    time spent waiting for the batch)."""
+    import csv
+    import io
+
+    from hipas_core.atomic import write_text
+
+    timing = {int(t["step"]): t for t in throughput}
+    columns = ("step", "loss", "val_dice_artery", "val_dice_vein", "patches_per_s", "data_wait_fraction")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in history:
+        times = timing.get(int(record["step"]))
+        seconds = times["seconds"] if times else None
+        writer.writerow([
+            record["step"], f"{record['loss']:.6g}",
+            *(f"{record[k]:.6g}" if k in record else "" for k in ("val_dice_artery", "val_dice_vein")),
+            f"{global_batch / seconds:.4g}" if seconds else "",
+            f"{times['data_seconds'] / seconds:.4f}" if seconds else "",
+        ])
+    write_text(path, buffer.getvalue())
+
+
 def _rng_state(rng: np.random.Generator) -> dict:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
@@ -333,12 +368,17 @@ def train(
     data_description: dict | None = None,
     resume: bool = False,
     progress: bool = True,
+    patch_source=None,
 ) -> dict:
     """Train and write the checkpoint ``output``; returns the final checkpoint payload (no weights).
 
     ``cases``: training cases; ``validation_cases``: for the validation Dice shown in the
     progress bar (fixed patches; the training cases are used when none are given). ``progress``
-    False: log lines only, no bar. ``InvalidInputError`` when ``init_from``, ``encoder_init`` or
+    False: log lines only, no bar. ``patch_source``: where the training batches come from instead
+    of drawing them from ``cases`` in this process (``hipas_core.sts.streaming.PreparedPatches``:
+    the same patches, from memory-mapped case folders in DataLoader workers; ``cases`` are then
+    those folders' memory-mapped cases). Beside ``output`` a CSV log (``training_log_path``) gets
+    step, loss, validation Dice, patches/s and the share of the step spent waiting for data. ``InvalidInputError`` when ``init_from``, ``encoder_init`` or
     (with ``resume``) ``output`` is not a checkpoint this run can start from; nothing is written then.
 
     In a process group (``hipas_core.sts.distributed.setup``) every rank calls this with the same
@@ -351,6 +391,8 @@ def train(
         raise ValueError("no training cases")
     if config.cached_priors and (config.kind != "cascade" or config.mode != "stagewise"):
         raise ValueError("cached_priors needs a cascade trained stagewise")
+    if patch_source is not None:
+        patch_source.check(config)
     rank, world = distributed.world()
     main = rank == 0
     torch.manual_seed(config.seed)
@@ -363,6 +405,7 @@ def train(
 
         load_pretrained_encoder(model, config.encoder_init, freeze=config.freeze_encoder)
     step, history, elapsed_before, warm_started = 0, [], 0.0, []
+    throughput: list[dict] = []  # per step: seconds of the step and of its wait for data
     if config.init_from:
         initial = load_checkpoint(config.init_from)
         if initial.get("kind") != config.kind:
@@ -389,6 +432,7 @@ def train(
                 for group in optimizer.param_groups:  # a resumed run may lower the learning rate
                     group["lr"], group["betas"] = config.lr, tuple(config.betas)
             step, history = int(state.get("step", 0)), list(state.get("history", []))
+            throughput = list(state.get("throughput", []))
             elapsed_before = float(state.get("train_seconds", 0.0))
             warm_started = list(state.get("warm_started", []))
             if "rng" in state:
@@ -432,6 +476,7 @@ def train(
             "validation_cases": [c.name for c in validation_cases],
             "versions": package_versions(),
             "history": history,
+            "throughput": throughput,
             "step": step,
             "finished": final,
             "warm_started": list(warm_started),
@@ -449,6 +494,8 @@ def train(
     def save(payload_now: dict | None) -> None:  # rank 0 writes, the others wait until it has
         if main:
             save_checkpoint(output, payload_now)
+            write_training_log(training_log_path(output), history, throughput,
+                               global_batch=world * config.batch_size)
         distributed.barrier()
 
     prior_cache: dict = {}  # cached_priors: {"stage": s, case name: P^{s-1} (2, Z, Y, X) float16}
@@ -469,6 +516,8 @@ def train(
     stopped_early = False
     ddp, ddp_key = None, None  # DistributedDataParallel over the parameters trained now (world > 1)
     objective = _Objective(model, config) if world > 1 else None
+    stream = (patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions)
+              if patch_source is not None else None)
     while step < config.steps:
         if config.max_minutes is not None:
             late = (time.monotonic() - started) / 60 > config.max_minutes
@@ -502,12 +551,18 @@ def train(
                 prior_cache["stage"] = stages[0]
             prior_of = partial(_cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
-        if config.patch_stream == "per-patch":
+        step_started = time.perf_counter()
+        if stream is not None:
+            cpu_batch, stream_state = next(stream)
+            if stream_state is not None:  # the sequential stream's generator, where it now stands
+                rng.bit_generator.state = stream_state
+        elif config.patch_stream == "per-patch":
             cpu_batch = patch_seed_batch(cases, config, step, positions, prior_of=prior_of)
         elif world == 1:
             cpu_batch = make_batch(cases, config, rng, prior_of=prior_of)
         else:  # the whole global batch's draws, this rank's patches
             cpu_batch = make_batch(cases, global_config, rng, prior_of=prior_of, keep=positions)
+        data_seconds = time.perf_counter() - step_started
         batch = {k: v.to(device) for k, v in cpu_batch.items()}
         if world > 1:  # (re)wrap when the trained parameters change (stagewise: a new stage)
             key = tuple(p.requires_grad for p in model.parameters())
@@ -528,6 +583,7 @@ def train(
         scaler.update()
         step += 1
         record = {"step": step, "loss": float(loss.detach())}
+        throughput.append({"step": step, "seconds": time.perf_counter() - step_started, "data_seconds": data_seconds})
         validate = step % config.val_every == 0 or step == config.steps
         if validate and main:
             val = validation_dice(model, val_batches, config)
@@ -549,6 +605,7 @@ def train(
             if step < config.steps:  # (the last one is reported below)
                 bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output}")
     bar.close()
+    del stream  # ends the loader's worker processes
     if stopped_early:
         bar.log(f"train {config.kind}: stopped after {config.max_minutes:g} min at step {step}/{config.steps}")
     if stopped_early and config.kind == "cascade" and config.mode == "stagewise" and config.warm_start:

@@ -1,0 +1,305 @@
+"""Prepared training sets: hipas prepare-training writes case folders atomically, they round-trip
+to the TrainingCase the in-memory path builds, the DataLoader stream draws exactly the in-memory
+patches, bad cases exit 2 (or become excluded cases), a HiPaS-layout replica prepares and trains,
+and the workflow plans the training set. Tiny: one small phantom, generated once per module."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from hipas_core.cli import main as hipas_main
+from hipas_core.exclusion import read_marker
+from hipas_core.sts.cascade import CascadeConfig
+from hipas_core.sts.checkpoint import load_checkpoint
+from hipas_core.sts.data import TrainingCase, level_territories, phantom_case
+from hipas_core.sts.losses import level_weights
+from hipas_core.sts.network import StageConfig
+from hipas_core.sts.prepared import load_prepared_case, write_prepared_case
+from hipas_core.sts.streaming import PreparedPatches
+from hipas_core.sts.training import (
+    TrainConfig,
+    make_batch,
+    patch_seed_batch,
+    train,
+    training_log_path,
+)
+from hipas_core.sts.training_set import build_manifest, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
+CASE_FIELDS = ("image", "labels", "levels", "lungs", "territory", "weights")
+SEED = 1
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def tube_case(seed: int, shape=(24, 40, 40)) -> TrainingCase:
+    """Two straight tubes (artery along z, vein along x) with levels along their length."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    artery = ((y - 12 - seed) ** 2 + (x - 14) ** 2) <= 9
+    vein = ((z - 12) ** 2 + (y - 28) ** 2) <= 9
+    labels = np.zeros(shape, np.uint8)
+    labels[artery], labels[vein] = 1, 2
+    levels = np.zeros(shape, np.uint8)
+    levels[artery] = 1 + np.minimum(z[artery] // 6, 3)
+    levels[vein] = 1 + np.minimum(x[vein] // 10, 3)
+    ct = 0.1 + 0.02 * rng.standard_normal(shape)
+    ct[artery], ct[vein] = 0.7, 0.6
+    return TrainingCase(
+        name=f"tube-{seed}", image=np.stack([ct, (labels > 0) * 0.8]).astype(np.float16), labels=labels,
+        levels=levels, lungs=np.ones(shape, np.uint8), territory=level_territories(levels),
+        weights=level_weights(levels, labels), meta={"protocol": "ncct", "box": [(0, 24), (0, 40), (0, 40)]},
+    )
+
+
+def assert_cases_equal(a: TrainingCase, b: TrainingCase) -> None:
+    assert a.name == b.name and a.meta == b.meta
+    for name in CASE_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prepared")
+
+
+@pytest.fixture(scope="module")
+def phantom_in_memory() -> TrainingCase:
+    return phantom_case(SEED, protocol="ncct")
+
+
+@pytest.fixture(scope="module")
+def prepared_phantom(work) -> Path:
+    """``hipas prepare-training --phantom-seed 1`` (in a subprocess, as users run it)."""
+    folder = work / "cases" / "phantom"
+    exe = Path(sys.executable).parent / "hipas"
+    result = subprocess.run([str(exe), "prepare-training", "--phantom-seed", str(SEED), "--out", str(folder)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tube_folders(work) -> list[Path]:
+    folders = []
+    for seed in (0, 1):
+        folder = work / "cases" / f"tube-{seed}"
+        write_prepared_case(tube_case(seed), folder, source={"kind": "synthetic"}, settings={"vesselness_sigmas_mm": [0.7, 1.5]})
+        folders.append(folder)
+    return folders
+
+
+def test_prepared_phantom_round_trips_to_the_in_memory_case(prepared_phantom, phantom_in_memory):
+    files = sorted(p.name for p in prepared_phantom.iterdir())
+    assert files == sorted(["case.json", "image.npy", "labels.npy", "levels.npy", "lungs.npy", "territory.npy",
+                            "weights.npy", "skeleton.npy", "vessel_voxels.npy", "vessel_voxel_offsets.npy"])
+    assert not [p for p in prepared_phantom.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    loaded = load_prepared_case(prepared_phantom)
+    assert isinstance(loaded.labels, np.memmap) and isinstance(loaded.image, np.memmap)
+    assert_cases_equal(loaded, phantom_in_memory)
+    for level in range(1, 5):  # the stored vessel-voxel index is the one sampling would build
+        assert np.array_equal(loaded.vessel_voxels(level), np.flatnonzero(phantom_in_memory.levels.ravel() == level))
+    import json
+
+    record = json.loads((prepared_phantom / "case.json").read_text())
+    assert record["source"]["kind"] == "phantom" and record["protocol"] == "ncct"
+    assert record["arrays"]["image"] == {"shape": [2, *loaded.shape], "dtype": "float16"}
+    assert record["settings"]["vesselness_sigmas_mm"] == [0.7, 1.5] and record["hipas_version"]
+
+
+def test_rewriting_a_case_replaces_it_and_a_failed_write_leaves_the_old_one(tmp_path, monkeypatch):
+    folder = tmp_path / "case"
+    write_prepared_case(tube_case(0), folder, source={"kind": "synthetic"}, settings={})
+    before = (folder / "labels.npy").read_bytes()
+    real_save, calls = np.save, []
+
+    def save_then_die(*args, **kwargs):  # killed after two of the arrays were written
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        write_prepared_case(tube_case(1), folder, source={"kind": "synthetic"}, settings={})
+    monkeypatch.undo()
+    assert len(calls) == 3 and (folder / "labels.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]  # the staging folder is gone
+    assert load_prepared_case(folder).name == "tube-0"
+    write_prepared_case(tube_case(1), folder, source={"kind": "synthetic"}, settings={})
+    assert load_prepared_case(folder).name == "tube-1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]
+
+
+def _nifti(path: Path, array: np.ndarray, spacing=(0.7, 0.7, 1.0)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_bad_cases_exit_2_with_one_line_and_leave_nothing(tmp_path, capsys):
+    ct = _nifti(tmp_path / "ct.nii.gz", np.full((20, 32, 32), -800, np.int16))
+    shifted = _nifti(tmp_path / "other_grid.nii.gz", np.ones((20, 32, 30), np.uint8))
+    empty = _nifti(tmp_path / "empty.nii.gz", np.zeros((20, 32, 32), np.uint8))
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti at all")
+    out = tmp_path / "out" / "case"
+    for labels, problem in ((shifted, "labels not on the CT grid"), (empty, "empty labels"), (broken, str(broken))):
+        code = hipas_main(["prepare-training", "--ct", str(ct), "--labels", str(labels), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and problem in err, err
+        assert str(labels) in err
+        assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+    # --exclude-invalid: an excluded case (only case.json, the exclusion marker), exit 0
+    code = hipas_main(["prepare-training", "--ct", str(ct), "--labels", str(empty), "--out", str(out),
+                       "--case-id", "c7", "--exclude-invalid"])
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["case.json"]
+    marker = read_marker(out / "case.json")
+    assert marker.scan_id == "c7" and marker.stage == "prepare-training" and "empty labels" in marker.reason
+    assert str(tmp_path) not in marker.reason  # no input path in an output
+
+
+def test_manifest_lists_splits_and_exclusions(tmp_path, tube_folders):
+    excluded = tmp_path / "bad"
+    from hipas_core.exclusion import Exclusion
+    from hipas_core.sts.prepared import write_excluded_case
+
+    write_excluded_case(excluded, Exclusion(scan_id="bad", stage="prepare-training", reason="empty labels"))
+    manifest = tmp_path / "set" / "manifest.tsv"
+    code = hipas_main(["training-manifest", "--cases", *map(str, tube_folders), str(excluded), "-o", str(manifest),
+                       "--val", "tube-1"])
+    assert code == 0
+    rows = list(csv.DictReader(manifest.open(), delimiter="\t"))
+    assert [(r["case_id"], r["split"]) for r in rows] == [("tube-0", "train"), ("tube-1", "val"), ("bad", "excluded")]
+    assert rows[0]["shape"] == "24x40x40" and rows[0]["protocol"] == "ncct" and rows[2]["reason"] == "empty labels"
+    training_set = read_manifest(manifest)
+    assert training_set.train == [tube_folders[0].resolve()] and training_set.val == [tube_folders[1].resolve()]
+    assert training_set.excluded == [("bad", "empty labels")]
+    with pytest.raises(Exception, match="no such case"):
+        build_manifest(tube_folders, val_ids=["nope"], destination=tmp_path / "m2.tsv")
+    assert not (tmp_path / "m2.tsv").exists()
+
+
+def _loader_batches(folders, config, *, workers, steps):
+    source = PreparedPatches(folders, workers=workers)
+    stream = source.batches(config, config, first_step=0, rng=np.random.default_rng(config.seed), positions=range(config.batch_size))
+    return [next(stream) for _ in range(steps)]
+
+
+def _assert_batches_equal(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_dataloader_draws_exactly_the_in_memory_patches(prepared_phantom, phantom_in_memory, tube_folders):
+    folders = [prepared_phantom, *tube_folders]
+    in_memory = [phantom_in_memory, tube_case(0), tube_case(1)]
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), batch_size=3, steps=3, seed=11,
+                         patch_stream="per-patch", augmentation={**TrainConfig().augmentation, "thick_slice_probability": 0.5})
+    streamed = _loader_batches(folders, config, workers=2, steps=3)
+    for step, (batch, state) in enumerate(streamed):
+        assert state is None
+        _assert_batches_equal(batch, patch_seed_batch(in_memory, config, step, range(3)))
+    sequential = TrainConfig(**{**config.to_dict(), "patch_stream": "sequential"})
+    rng = np.random.default_rng(sequential.seed)
+    for batch, state in _loader_batches(folders, sequential, workers=1, steps=3):
+        _assert_batches_equal(batch, make_batch(in_memory, sequential, rng))
+        assert state == rng.bit_generator.state  # the stream hands back where the generator stands
+
+
+def test_training_on_prepared_cases_equals_in_memory_training_and_logs_csv(tmp_path, tube_folders):
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), batch_size=2, steps=3, lr=1e-3, seed=3,
+                         val_every=2, val_patches=1, checkpoint_every=2, patch_stream="per-patch")
+    memory = train(config, [tube_case(0), tube_case(1)], output=tmp_path / "memory.pt", progress=False)
+    cases = [load_prepared_case(f) for f in tube_folders]
+    streamed = train(config, cases, output=tmp_path / "stream.pt", progress=False,
+                     patch_source=PreparedPatches(tube_folders, workers=1))
+    assert [h["loss"] for h in memory["history"]] == [h["loss"] for h in streamed["history"]]
+    a, b = load_checkpoint(tmp_path / "memory.pt"), load_checkpoint(tmp_path / "stream.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    rows = list(csv.DictReader(training_log_path(tmp_path / "stream.pt").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert rows[1]["val_dice_artery"] != "" and rows[0]["val_dice_artery"] == ""
+    assert all(float(r["patches_per_s"]) > 0 and 0 <= float(r["data_wait_fraction"]) <= 1 for r in rows)
+    with pytest.raises(ValueError, match="--workers 2"):  # the sequential stream is one stream
+        train(TrainConfig(**{**config.to_dict(), "patch_stream": "sequential"}), cases, output=tmp_path / "x.pt",
+              progress=False, patch_source=PreparedPatches(tube_folders, workers=2))
+    assert not (tmp_path / "x.pt").exists()
+
+
+def hipas_replica(root: Path, phantom) -> tuple[Path, Path, Path]:
+    """The public HiPaS layout from a phantom: ct_scan/001.npz (key data, [x, y, z]),
+    annotation/artery/001.npz + annotation/vein/001.npz, and a spacing table."""
+    ct = sitk.GetArrayFromImage(phantom.ct)
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    for sub, array in (("ct_scan", ct), ("annotation/artery", labels == 1), ("annotation/vein", labels == 2)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(root / sub / "001.npz", data=np.transpose(array, (2, 1, 0)))
+    sx, sy, sz = phantom.ct.GetSpacing()
+    table = root / "metadata.csv"
+    table.write_text(f"case_id,spacing_x_mm,spacing_y_mm,spacing_z_mm\n001,{sx},{sy},{sz}\n")
+    return root / "ct_scan" / "001.npz", root / "annotation" / "artery" / "001.npz", table
+
+
+def test_hipas_layout_replica_prepares_and_trains_two_steps(tmp_path, hipas):
+    from hipas_core.phantom import PhantomSpec, generate_phantom
+
+    phantom = generate_phantom(PhantomSpec.from_seed(2, size="small", protocol="ctpa"))
+    ct, labels, table = hipas_replica(tmp_path / "hipas", phantom)
+    case = tmp_path / "set" / "001"
+    hipas("prepare-training", "--ct", ct, "--labels", labels, "--metadata-table", table, "--protocol", "ctpa",
+          "--out", case, check=True)
+    prepared = load_prepared_case(case)
+    assert prepared.name == "001" and prepared.meta["protocol"] == "ctpa" and (prepared.labels == 1).any()
+    assert (prepared.labels == 2).any()
+    manifest = tmp_path / "set" / "manifest.tsv"
+    hipas("training-manifest", "--cases", case, "-o", manifest, check=True)
+    out = tmp_path / "run" / "sts.pt"
+    hipas("train", "--prepared", manifest, "--workers", "1", "--out", out, "--patch", "16", "32", "32",
+          "--width", "4", "--blocks", "0", "0", "1", "1", "1", "--steps", "2", "--val-every", "2",
+          "--checkpoint-every", "2", "--threads", "1", "--no-progress", check=True)
+    checkpoint = load_checkpoint(out)
+    assert checkpoint["step"] == 2 and checkpoint["data"]["prepared"]["cases"] == ["001"]
+    assert training_log_path(out).is_file()
+    refused = hipas("train", "--prepared", manifest, "--out", tmp_path / "no.pt", "--mode", "stagewise",
+                    "--cached-priors", "--patch", "16", "32", "32", "--steps", "1")
+    assert refused.returncode == 2 and "--prepared" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_workflow_plans_the_demo_training_set(tmp_path):
+    copy = tmp_path / "wc"
+    copy.mkdir()
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    shutil.copytree(REPO / "workflow", copy / "workflow")
+    shutil.copytree(REPO / "config", copy / "config")
+    (copy / "profiles").symlink_to("workflow/profiles")
+    snakemake = Path(sys.executable).parent / "snakemake"
+    result = subprocess.run([str(snakemake), "-n", "training_set", "--configfile", "config/training-demo.yaml",
+                             "--cores", "2", "-p"], cwd=copy, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = {}
+    for line in result.stdout.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2:
+            break
+        counts[parts[0]] = int(parts[1])
+    assert counts == {"prepare_training_case": 8, "training_manifest": 1, "training_set": 1, "total": 10}
+    assert "--phantom-seed 8 --case-id phantom-008" in result.stdout
+    assert "--val 'phantom-007,phantom-008'" in result.stdout
