@@ -5,7 +5,11 @@ A ``TrainingCase`` holds, cropped to the lung bounding box of the normalized CT 
 vesselness, ``labels`` (0/1 artery/2 vein), ``levels`` (0 bg, 1..4 = level 0..3), ``lungs``,
 ``territory`` (3, Z, Y, X): for stages 1..3 the level (0..s) of the nearest annotated vessel
 voxel among levels <= s (stage 0's territory is all level 0), and ``weights`` (2, 4): w^i of
-eq. 15 per tree. Cases are cached as ``.npz`` so a phantom is generated and filtered once.
+eq. 15 per tree. Cases are cached as ``.npz`` so a phantom is generated and filtered once; a
+prepared training set keeps them on disk as memory-mappable arrays instead
+(``hipas_core.sts.prepared``). Vessel-biased sampling picks its centre from an index of the vessel
+voxels by level (``TrainingCase.vessel_voxels``: built once per case, or read from a prepared
+case), the same draws a scan of the level map would give.
 
 Augmentation (``Augmentation``): intensity scale/shift and gaussian noise on the CT channel,
 thick-slice simulation (both channels averaged along z over 2-4 slices, as a thick slice

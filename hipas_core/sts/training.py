@@ -27,6 +27,10 @@ size with the same global batch continues the same stream, a single-process run 
 ``"per-patch"``: patch i of step t from its own generator (seed, t, i), each rank draws only its
 own (no replay: for many GPUs). Rank 0 alone validates, logs and writes checkpoints; the others
 wait for it at a barrier. The logged loss is the mean over the ranks.
+
+A prepared training set (``hipas_core.sts.streaming.PreparedPatches`` as ``patch_source``) gives
+the same batches from memory-mapped case folders, drawn in DataLoader worker processes. Every run
+writes a CSV log beside the checkpoint (``write_training_log``).
 """
 
 from __future__ import annotations
@@ -378,8 +382,9 @@ def train(
     of drawing them from ``cases`` in this process (``hipas_core.sts.streaming.PreparedPatches``:
     the same patches, from memory-mapped case folders in DataLoader workers; ``cases`` are then
     those folders' memory-mapped cases). Beside ``output`` a CSV log (``training_log_path``) gets
-    step, loss, validation Dice, patches/s and the share of the step spent waiting for data. ``InvalidInputError`` when ``init_from``, ``encoder_init`` or
-    (with ``resume``) ``output`` is not a checkpoint this run can start from; nothing is written then.
+    step, loss, validation Dice, patches/s and the share of the step spent waiting for data.
+    ``InvalidInputError`` when ``init_from``, ``encoder_init`` or (with ``resume``) ``output`` is
+    not a checkpoint this run can start from; nothing is written then.
 
     In a process group (``hipas_core.sts.distributed.setup``) every rank calls this with the same
     arguments (``config.device`` its own device); rank 0 writes ``output``, every rank returns the

@@ -303,3 +303,19 @@ def test_workflow_plans_the_demo_training_set(tmp_path):
     assert counts == {"prepare_training_case": 8, "training_manifest": 1, "training_set": 1, "total": 10}
     assert "--phantom-seed 8 --case-id phantom-008" in result.stdout
     assert "--val 'phantom-007,phantom-008'" in result.stdout
+
+
+def test_sequential_stream_resumes_where_the_in_memory_run_would_be(tmp_path, tube_folders):
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=4, lr=1e-3, seed=5,
+                         val_every=4, val_patches=1, checkpoint_every=2)
+    straight = train(config, [tube_case(0), tube_case(1)], output=tmp_path / "straight.pt", progress=False)
+    cases = [load_prepared_case(f) for f in tube_folders]
+    out = tmp_path / "resumed.pt"
+    train(TrainConfig(**{**config.to_dict(), "steps": 2}), cases, output=out, progress=False,
+          patch_source=PreparedPatches(tube_folders, workers=1))
+    resumed = train(config, cases, output=out, resume=True, progress=False,
+                    patch_source=PreparedPatches(tube_folders, workers=1))
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"]], rel=1e-5)
+    a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
+    assert a["rng"]["numpy"] == b["rng"]["numpy"]  # the stream's generator came back to the trainer
+    assert all(torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6) for k in a["state_dict"])
