@@ -319,3 +319,28 @@ def test_sequential_stream_resumes_where_the_in_memory_run_would_be(tmp_path, tu
     a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
     assert a["rng"]["numpy"] == b["rng"]["numpy"]  # the stream's generator came back to the trainer
     assert all(torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6) for k in a["state_dict"])
+
+
+def test_a_rank_streams_its_slice_of_the_global_batch(tube_folders):
+    """What rank 1 of 2 (batch 2 each) gets from the stream: positions 2-3 of the global batch."""
+    rank_config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), batch_size=2, steps=2, seed=9)
+    global_config = TrainConfig(**{**rank_config.to_dict(), "batch_size": 4})
+    in_memory = [tube_case(0), tube_case(1)]
+    source = PreparedPatches(tube_folders, workers=1)
+    rng, stream_rng = np.random.default_rng(9), np.random.default_rng(9)
+    stream = source.batches(rank_config, global_config, first_step=0, rng=stream_rng, positions=range(2, 4))
+    for _ in range(2):
+        batch, _state = next(stream)
+        _assert_batches_equal(batch, make_batch(in_memory, global_config, rng, keep=range(2, 4)))
+    per_patch = TrainConfig(**{**rank_config.to_dict(), "patch_stream": "per-patch"})
+    stream = source.batches(per_patch, TrainConfig(**{**per_patch.to_dict(), "batch_size": 4}), first_step=1,
+                            rng=stream_rng, positions=range(2, 4))
+    _assert_batches_equal(next(stream)[0], patch_seed_batch(in_memory, per_patch, 1, range(2, 4)))
+
+
+def test_train_refuses_cases_prepared_with_other_vesselness_scales(tmp_path, tube_folders, capsys):
+    code = hipas_main(["train", "--prepared", str(tube_folders[0].parent), "--out", str(tmp_path / "x.pt"),
+                       "--vesselness-sigmas", "1.0", "--patch", "16", "32", "32", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "vesselness sigmas" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
