@@ -1,7 +1,8 @@
 """``hipas prepare-training``: one annotated CT (or one phantom) as a prepared training case.
 
     hipas prepare-training --ct CT --labels LABELS --out DIR [--case-id ID] [--protocol ncct|ctpa]
-                           [--levels L] [--lungs M] [--metadata-table CSV] [--exclude-invalid]
+                           [--levels L] [--lungs M] [--metadata-table CSV] [--synthetic-ncct]
+                           [--exclude-invalid]
     hipas prepare-training --phantom-seed N [--protocol ncct|ctpa] [--slice-thickness MM] --out DIR
 
 CT: a NIfTI/NRRD/MHA file, a DICOM folder, or a HiPaS ``ct_scan/NNN.npz`` (with labels
@@ -12,6 +13,8 @@ labels: 0 background, 1 artery, 2 vein on the CT's grid. The case goes through
 weights) and is written as the case folder DIR (``hipas_core.sts.prepared``: one ``.npy`` per
 array + ``case.json``), atomically. A phantom is the small phantom of ``hipas phantom --seed N``
 (protocol default: odd seeds NCCT, even CTPA), prepared exactly as ``hipas train`` prepares it.
+``--synthetic-ncct``: a CTPA case also stores the input channels of its synthetic non-contrast
+copy, which ``hipas train --prepared --synthetic-ncct P`` needs.
 
 A case that cannot be used (unreadable, labels not on the CT grid, empty labels, no lungs) is
 one error line naming the file and the problem, exit 2, and nothing is written; with
@@ -42,6 +45,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case-id", help="case id (default: the CT's file name, or the phantom's cache name)")
     parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=DEMO_VESSELNESS_SIGMAS_MM,
                         help="vesselness scales (mm)")
+    parser.add_argument("--synthetic-ncct", action="store_true",
+                        help="a CTPA case also stores its synthetic non-contrast copy (for hipas train --prepared "
+                        "--synthetic-ncct P)")
     parser.add_argument("--exclude-invalid", action="store_true",
                         help="on an unusable case write an excluded case folder and exit 0 instead of failing")
 
@@ -74,7 +80,12 @@ def _settings(args: argparse.Namespace, **extra) -> dict:
     from hipas_core.conventions import HU_WINDOW, STANDARD_SPACING
 
     return {"vesselness_sigmas_mm": list(args.vesselness_sigmas), "margin_mm": MARGIN_MM,
-            "hu_window": list(HU_WINDOW), "standard_spacing_mm": list(STANDARD_SPACING), **extra}
+            "hu_window": list(HU_WINDOW), "standard_spacing_mm": list(STANDARD_SPACING),
+            "synthetic_ncct": bool(args.synthetic_ncct), **extra}
+
+
+def _synthetic_ncct_sigmas(args: argparse.Namespace) -> tuple[float, ...] | None:
+    return tuple(args.vesselness_sigmas) if args.synthetic_ncct else None
 
 
 def _prepare_phantom(args: argparse.Namespace) -> int:
@@ -89,7 +100,8 @@ def _prepare_phantom(args: argparse.Namespace) -> int:
     source = {"kind": "phantom", "seed": args.phantom_seed, "size": "small", "protocol": protocol,
               "slice_thickness_mm": case.meta.get("slice_thickness_mm")}
     record = write_prepared_case(case, args.out, source=source,
-                                 settings=_settings(args, levels="phantom truth", lungs="phantom truth"))
+                                 settings=_settings(args, levels="phantom truth", lungs="phantom truth"),
+                                 synthetic_ncct_sigmas_mm=_synthetic_ncct_sigmas(args))
     print(f"{args.out}: case {record['case_id']}, {'x'.join(map(str, record['shape']))} voxels")
     return 0
 
@@ -119,5 +131,6 @@ def _prepare_scan(args: argparse.Namespace, case_id: str) -> None:
               "spacing_mm": list(ct.GetSpacing()[::-1]), "size_zyx": list(ct.GetSize()[::-1])}
     settings = _settings(args, levels="given" if args.levels else "derived (hipas_core.levels)",
                          lungs="given" if args.lungs else "threshold")
-    record = write_prepared_case(case, args.out, source=source, settings=settings)
+    record = write_prepared_case(case, args.out, source=source, settings=settings,
+                                 synthetic_ncct_sigmas_mm=_synthetic_ncct_sigmas(args))
     print(f"{args.out}: case {record['case_id']}, {'x'.join(map(str, record['shape']))} voxels")

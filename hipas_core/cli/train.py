@@ -11,8 +11,8 @@
 the cases stay on disk, memory-mapped, and the patches are drawn in ``--workers`` DataLoader
 processes (``hipas_core.sts.streaming``), exactly the patches the in-memory path draws for the
 same cases; the manifest's val split gives the validation Dice (a folder of cases: all train).
-``--workers`` > 1 needs ``--patch-stream per-patch``; ``--cached-priors`` and ``--synthetic-ncct``
-are refused with ``--prepared``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
+``--workers`` > 1 needs ``--patch-stream per-patch``; ``--cached-priors`` is refused with
+``--prepared``, and ``--synthetic-ncct`` needs CTPA cases prepared with ``--synthetic-ncct``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
 step, loss, validation Dice, patches/s, data-wait fraction).
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices

@@ -388,8 +388,14 @@ def synthetic_ncct_case(
     from hipas_core.sts.synthetic_ncct import synthetic_ncct_windowed
 
     ct_window = synthetic_ncct_windowed(case.image[0], labels=case.labels, spacing=STANDARD_SPACING, **options)
+    return synthetic_ncct_variant(case, network_input(ct_window, vesselness_sigmas_mm=vesselness_sigmas_mm))
+
+
+def synthetic_ncct_variant(case: TrainingCase, image: np.ndarray) -> TrainingCase:
+    """The synthetic-NCCT copy of ``case`` with its input channels ``image`` ((2, Z, Y, X)
+    float16, as ``synthetic_ncct_case`` computes them, or as a prepared case stores them)."""
     return TrainingCase(
-        name=f"{case.name}-sncct", image=network_input(ct_window, vesselness_sigmas_mm=vesselness_sigmas_mm),
+        name=f"{case.name}-sncct", image=image,
         labels=case.labels,
         levels=case.levels, lungs=case.lungs, territory=case.territory, weights=case.weights,
         meta={**case.meta, "protocol": "synthetic-ncct", "source_protocol": case.meta.get("protocol")},

@@ -15,6 +15,9 @@
         skeleton.npy              (Z, Y, X) uint8 tubed centrelines (Skeleton Recall targets)
         vessel_voxels.npy         (N,) int64 flat indices of the vessel voxels, grouped by level
         vessel_voxel_offsets.npy  (5,) int64 where each level's voxels start and end
+        synthetic_ncct_image.npy  (2, Z, Y, X) float16, CTPA cases prepared with --synthetic-ncct
+                                  only: the input channels of the synthetic non-contrast copy
+                                  (``synthetic_ncct_case``), the variant ``--synthetic-ncct`` trains on
 
 All arrays are in the standardized grid (``STANDARD_SPACING``), cropped to the lung box.
 
@@ -39,7 +42,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +55,7 @@ from hipas_core.sts.data import TrainingCase
 FORMAT = "hipas-prepared-case/1"
 RECORD = "case.json"
 STAGE = "prepare-training"
-# arrays of a TrainingCase stored as <name>.npy, memory-mapped when read
-VOLUME_ARRAYS = ("image", "labels", "levels", "lungs", "territory", "skeleton")
-INDEX_ARRAYS = ("vessel_voxels", "vessel_voxel_offsets")
+SYNTHETIC_NCCT_IMAGE = "synthetic_ncct_image"
 
 
 @contextlib.contextmanager
@@ -81,12 +82,15 @@ def atomic_folder(destination: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_prepared_case(
-    case: TrainingCase, folder: str | os.PathLike, *, source: Mapping, settings: Mapping
+    case: TrainingCase, folder: str | os.PathLike, *, source: Mapping, settings: Mapping,
+    synthetic_ncct_sigmas_mm: Sequence[float] | None = None,
 ) -> dict:
     """Write ``case`` (its centrelines and vessel-voxel index included) as a case folder;
     ``source``: what it was made from (``kind``: phantom, nifti, dicom, hipas_npz, itk; for
     phantoms seed, protocol and slice thickness; never an input path), ``settings``: the
-    preparation settings. Returns the ``case.json`` record written."""
+    preparation settings. ``synthetic_ncct_sigmas_mm``: for a CTPA case, also store its
+    synthetic-NCCT copy's input channels, vesselness at these scales (None: not stored).
+    Returns the ``case.json`` record written."""
     from hipas_core import __version__
     from hipas_core.conventions import STANDARD_SPACING
 
@@ -99,6 +103,11 @@ def write_prepared_case(
         "territory": case.territory, "skeleton": case.centrelines(), "weights": case.weights,
         "vessel_voxels": flat, "vessel_voxel_offsets": offsets,
     }
+    if synthetic_ncct_sigmas_mm is not None and case.meta.get("protocol") == "ctpa":
+        from hipas_core.sts.data import synthetic_ncct_case
+
+        arrays[SYNTHETIC_NCCT_IMAGE] = synthetic_ncct_case(
+            case, vesselness_sigmas_mm=tuple(synthetic_ncct_sigmas_mm)).image
     record = {
         "format": FORMAT,
         "case_id": case.name,
@@ -166,12 +175,17 @@ def load_prepared_case(folder: str | os.PathLike, *, mmap: bool = True) -> Train
     meta = dict(record.get("meta", {}))
     if "box" in meta:
         meta["box"] = [tuple(pair) for pair in meta["box"]]
-    return TrainingCase(
+    case = TrainingCase(
         name=record["case_id"], image=arrays["image"], labels=arrays["labels"], levels=arrays["levels"],
         lungs=arrays["lungs"], territory=arrays["territory"], weights=arrays["weights"], meta=meta,
         skeleton=arrays.get("skeleton"),
         level_voxels=(arrays["vessel_voxels"], arrays["vessel_voxel_offsets"]),
     )
+    if SYNTHETIC_NCCT_IMAGE in arrays:  # Augmentation.pick_case takes it instead of computing it
+        from hipas_core.sts.data import synthetic_ncct_variant
+
+        case.variants["synthetic_ncct"] = synthetic_ncct_variant(case, arrays[SYNTHETIC_NCCT_IMAGE])
+    return case
 
 
 def check_labels_on_ct_grid(ct, labels, *, labels_path: str | os.PathLike, require_voxels: bool = True) -> None:

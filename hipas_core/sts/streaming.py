@@ -17,8 +17,10 @@ in-memory path on the same cases:
   state and hands back, with each batch, the state after it, so checkpoints and resume see the
   stream where the in-memory path would leave it.
 
-Cached priors (the frozen stages' prior map, computed by the model in the training process)
-and the synthetic-NCCT variant (a whole-case copy kept per process) are not streamed.
+Cached priors (the frozen stages' prior map, computed by the model in the training process) are
+not streamed. The synthetic-NCCT variant of a CTPA case is read from its folder when it was
+prepared with ``--synthetic-ncct`` (computing it in each worker would keep a whole-case copy per
+CTPA case and process); without it ``synthetic_ncct_probability`` > 0 is refused.
 """
 
 from __future__ import annotations
@@ -114,8 +116,13 @@ class PreparedPatches:
             raise ValueError("--cached-priors cannot be used with --prepared (the priors are computed by "
                              "the model in the training process; train without it)")
         if config.augmentation.get("synthetic_ncct_probability", 0.0) > 0:
-            raise ValueError("--synthetic-ncct cannot be used with --prepared (each worker would keep a "
-                             "synthetic copy of every CTPA case in memory)")
+            from hipas_core.sts.prepared import SYNTHETIC_NCCT_IMAGE, read_case_record
+
+            for folder in self.folders:  # else each worker would keep a copy of every CTPA case
+                record = read_case_record(folder)
+                if record.get("protocol") == "ctpa" and SYNTHETIC_NCCT_IMAGE not in record["arrays"]:
+                    raise ValueError(f"--synthetic-ncct with --prepared: the CTPA case {folder} has no synthetic "
+                                     "NCCT copy (prepare it with hipas prepare-training --synthetic-ncct)")
         if config.patch_stream == "sequential" and self.workers > 1:
             raise ValueError(f"--workers {self.workers}: the sequential patch stream is one random stream "
                              "and runs in one worker; use --patch-stream per-patch for more workers")

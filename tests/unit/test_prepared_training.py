@@ -344,3 +344,29 @@ def test_train_refuses_cases_prepared_with_other_vesselness_scales(tmp_path, tub
     err = capsys.readouterr().err.strip()
     assert code == 2 and "vesselness sigmas" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_synthetic_ncct_variant_is_stored_and_streamed_as_in_memory(tmp_path, tube_folders):
+    from hipas_core.sts.data import synthetic_ncct_case
+
+    ctpa = tube_case(2)
+    ctpa.meta["protocol"] = "ctpa"
+    folder = tmp_path / "ctpa"
+    write_prepared_case(ctpa, folder, source={"kind": "synthetic"}, settings={"vesselness_sigmas_mm": [0.7, 1.5]},
+                        synthetic_ncct_sigmas_mm=(0.7, 1.5))
+    loaded = load_prepared_case(folder)
+    variant = loaded.variants["synthetic_ncct"]
+    assert isinstance(variant.image, np.memmap) and variant.meta["protocol"] == "synthetic-ncct"
+    assert np.array_equal(variant.image, synthetic_ncct_case(tube_case(2), vesselness_sigmas_mm=(0.7, 1.5)).image)
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), batch_size=2, steps=4, seed=4,
+                         patch_stream="per-patch",
+                         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": 0.5})
+    in_memory = [tube_case(0), ctpa]
+    batches = _loader_batches([tube_folders[0], folder], config, workers=1, steps=4)
+    for step, (batch, _state) in enumerate(batches):
+        _assert_batches_equal(batch, patch_seed_batch(in_memory, config, step, range(2)))
+    plain = tmp_path / "ctpa-plain"
+    write_prepared_case(tube_case(2), plain, source={"kind": "synthetic"}, settings={})
+    (plain / "case.json").write_text((plain / "case.json").read_text().replace('"ncct"', '"ctpa"'))
+    with pytest.raises(ValueError, match="no synthetic NCCT copy"):
+        PreparedPatches([plain], workers=0).check(config)

@@ -120,6 +120,7 @@ rule prepare_training_case:
         source=training_case_arguments,
         sigmas=" ".join(str(s) for s in TRAINING.get("vesselness_sigmas_mm", [0.7, 1.5])),
         exclude="--exclude-invalid" if TRAINING.get("exclude_invalid", True) else "",
+        synthetic_ncct="--synthetic-ncct" if TRAINING.get("synthetic_ncct", False) else "",
     log:
         "results/logs/prepare_training/{case}.log",
     benchmark:
@@ -132,7 +133,7 @@ rule prepare_training_case:
         runtime=30,
     shell:
         "hipas prepare-training {params.source} --case-id {wildcards.case} --vesselness-sigmas {params.sigmas}"
-        " {params.exclude} --out {output:q} > {log} 2>&1"
+        " {params.exclude} {params.synthetic_ncct} --out {output:q} > {log} 2>&1"
 
 
 rule training_manifest:
