@@ -10,7 +10,8 @@
 ``--prepared``: a training set written by ``hipas prepare-training`` (+ ``hipas training-manifest``):
 the cases stay on disk, memory-mapped, and the patches are drawn in ``--workers`` DataLoader
 processes (``hipas_core.sts.streaming``), exactly the patches the in-memory path draws for the
-same cases; the manifest's val split gives the validation Dice (a folder of cases: all train).
+same cases; the manifest's val split gives the validation Dice (a folder holding ``manifest.tsv``,
+such as the workflow's ``results/training_set``, uses it; a folder of cases: all train).
 ``--workers`` > 1 needs ``--patch-stream per-patch``; ``--cached-priors`` is refused with
 ``--prepared``, and ``--synthetic-ncct`` needs CTPA cases prepared with ``--synthetic-ncct``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
 step, loss, validation Dice, patches/s, data-wait fraction).
@@ -47,7 +48,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-seeds", default="501-502", help="validation phantom seeds (default 501-502)")
     parser.add_argument("--data", help="folder of real annotated scans instead of phantoms")
     parser.add_argument("--prepared", metavar="MANIFEST_OR_DIR",
-                        help="a prepared training set (hipas training-manifest TSV, or a folder of case folders) "
+                        help="a prepared training set (hipas training-manifest TSV, a folder holding manifest.tsv, "
+                        "or a folder of case folders) "
                         "instead of phantoms: cases memory-mapped, patches drawn in --workers processes")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="with --prepared: DataLoader worker processes drawing the patches (default 0: in the "

@@ -30,6 +30,7 @@ from hipas_core.sts.prepared import RECORD, read_case_record
 
 COLUMNS = ("case_id", "folder", "split", "shape", "spacing_mm", "protocol", "source", "reason")
 SPLITS = ("train", "val", "excluded")
+MANIFEST_NAME = "manifest.tsv"  # the workflow's, beside its cases/ folder
 
 
 @dataclass
@@ -132,11 +133,14 @@ def read_manifest(path: str | os.PathLike) -> TrainingSet:
 
 
 def resolve_training_set(path: str | os.PathLike) -> TrainingSet:
-    """``hipas train --prepared``: a manifest file (its splits), a case folder, or a folder of
-    case folders (every case that is not excluded trains; none validates)."""
+    """``hipas train --prepared``: a manifest file (its splits), a folder holding
+    ``manifest.tsv`` (the workflow's ``results/training_set``: that manifest), a case folder, or
+    a folder of case folders (every case that is not excluded trains; none validates)."""
     path = Path(path)
     if path.is_file():
         return read_manifest(path)
+    if (path / MANIFEST_NAME).is_file():
+        return read_manifest(path / MANIFEST_NAME)
     result = TrainingSet()
     for folder in case_folders([path]):
         record = read_case_record(folder)

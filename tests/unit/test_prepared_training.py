@@ -33,7 +33,7 @@ from hipas_core.sts.training import (
     train,
     training_log_path,
 )
-from hipas_core.sts.training_set import build_manifest, read_manifest
+from hipas_core.sts.training_set import build_manifest, read_manifest, resolve_training_set
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
@@ -188,9 +188,11 @@ def test_manifest_lists_splits_and_exclusions(tmp_path, tube_folders):
     rows = list(csv.DictReader(manifest.open(), delimiter="\t"))
     assert [(r["case_id"], r["split"]) for r in rows] == [("tube-0", "train"), ("tube-1", "val"), ("bad", "excluded")]
     assert rows[0]["shape"] == "24x40x40" and rows[0]["protocol"] == "ncct" and rows[2]["reason"] == "empty labels"
-    training_set = read_manifest(manifest)
-    assert training_set.train == [tube_folders[0].resolve()] and training_set.val == [tube_folders[1].resolve()]
-    assert training_set.excluded == [("bad", "empty labels")]
+    for training_set in (read_manifest(manifest), resolve_training_set(manifest.parent)):
+        assert training_set.train == [tube_folders[0].resolve()] and training_set.val == [tube_folders[1].resolve()]
+        assert training_set.excluded == [("bad", "empty labels")]
+    everything = resolve_training_set(tube_folders[0].parent)  # a folder of case folders: all train
+    assert everything.train[-2:] == tube_folders and not everything.val
     with pytest.raises(Exception, match="no such case"):
         build_manifest(tube_folders, val_ids=["nope"], destination=tmp_path / "m2.tsv")
     assert not (tmp_path / "m2.tsv").exists()
