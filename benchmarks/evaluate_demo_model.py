@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--work", default=str(REPO / "results" / "sts_heldout"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "demo_model_eval.md"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--i2sr-model", help="I2SR checkpoint for the thick scans (default: the shipped one)")
     parser.add_argument("--no-skeleton", action="store_true", help="skip TD/BD (faster)")
     parser.add_argument("--only", choices=("cascade", "baseline"),
                         help="segment and score one model only (writes WORK/per_scan_<method>.csv; run both, "
@@ -76,7 +77,8 @@ def main() -> int:
     if args.only:
         methods = tuple(m for m in methods if m[0] == args.only)
     for method, model in ([] if args.combine else methods):
-        predictor = Predictor(model, device="cpu", i2sr_model=shipped_model("i2sr-demo.pt"))  # as hipas segment: I2SR above 2 mm
+        i2sr = args.i2sr_model or shipped_model("i2sr-demo.pt")
+        predictor = Predictor(model, device="cpu", i2sr_model=i2sr)  # as hipas segment: I2SR above 2 mm
         if args.fixed_threshold is not None:
             predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
         rows = []
