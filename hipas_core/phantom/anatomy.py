@@ -6,13 +6,12 @@ All lengths below are for a reference adult (linear scale 1) and are multiplied 
 ``Anatomy.scale``.
 
 Demographic effect sizes (documented here, used by ``Anatomy.from_spec``):
-- lung volume (both lungs, CT at full inspiration) = 0.88 x predicted TLC (ECSC/Quanjer 1993:
-  men 7.99 H - 7.08 L, women 6.60 H - 5.79 L, H in m), minus 5 ml per year of age above 40,
-  plus 8 % with COPD (hyperinflation); the whole chest scales with the cube root of it.
+- lung volume and the chest's linear scale: ``body_size`` (predicted TLC from sex, height, age
+  and COPD; the whole chest scales with the cube root of it).
 - cardiomegaly: heart 22 % wider and deeper, 10 % taller (cardiothoracic ratio > 0.5).
 - PAH: pulmonary trunk and main pulmonary arteries 35 % wider (see vessels.py for pruning).
 - subcutaneous fat: 12 mm men, 18 mm women, + 0.1 mm per year of age above 40.
-``size="small"`` multiplies every length by ``SMALL_SCALE`` (a reduced chest).
+``size="small"`` multiplies every length by ``body_size.SMALL_SCALE`` (a reduced chest).
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hipas_core.phantom.body_size import SMALL_SCALE, chest_scale, predicted_lung_ml
 from hipas_core.phantom.rasterize import point_segment_distance, render_capsules
 from hipas_core.phantom.spec import PhantomSpec, stream
-
-SMALL_SCALE = 0.40
-REFERENCE_LUNG_ML = 6400.0  # lung mask volume of both lungs at scale 1 (measured; see the tests)
 
 
 @dataclass(frozen=True)
@@ -35,16 +32,6 @@ class Tube:
     name: str
     points: np.ndarray
     radii: np.ndarray
-
-
-def predicted_lung_ml(sex: str, height_cm: float, age: float, copd: int) -> float:
-    """CT lung volume (ml, both lungs) for the demographics (see the module docstring)."""
-    h = height_cm / 100.0
-    tlc_l = 7.99 * h - 7.08 if sex == "M" else 6.60 * h - 5.79
-    ml = 880.0 * tlc_l - 5.0 * max(age - 40.0, 0.0)
-    if copd:
-        ml *= 1.08
-    return float(max(ml, 1500.0))
 
 
 @dataclass
@@ -67,7 +54,7 @@ class Anatomy:
     def from_spec(cls, spec: PhantomSpec) -> Anatomy:
         target = predicted_lung_ml(spec.sex, float(spec.height_cm), float(spec.age), int(spec.copd))
         size_scale = SMALL_SCALE if spec.size == "small" else 1.0
-        scale = size_scale * (target / REFERENCE_LUNG_ML) ** (1.0 / 3.0)
+        scale = chest_scale(spec.size, target)
         rng = stream(spec.seed, "anatomy")
         jitter = {
             "body_w": rng.uniform(0.95, 1.06),

@@ -17,6 +17,7 @@ import numpy as np
 
 from hipas_core.conventions import DISEASE_FLAGS
 from hipas_core.errors import InvalidInputError
+from hipas_core.phantom.body_size import chest_scale, predicted_lung_ml
 
 SIZES = ("small", "full")
 PROTOCOLS = ("ncct", "ctpa")
@@ -43,10 +44,8 @@ _THICKNESS_WEIGHTS = (0.08, 0.07, 0.18, 0.17, 0.12, 0.10, 0.06, 0.06, 0.06, 0.05
 def _needed_spacing(values: dict) -> float:
     """In-plane spacing (mm) at which the fixed matrix covers the widest possible body of these
     demographics (anatomy.Anatomy: 330 mm x jitter <= 1.06 at scale 1), capped at 0.85 mm."""
-    from hipas_core.phantom.anatomy import REFERENCE_LUNG_ML, SMALL_SCALE, predicted_lung_ml
-
     lung = predicted_lung_ml(values["sex"], float(values["height_cm"]), float(values["age"]), int(values["copd"]))
-    scale = (SMALL_SCALE if values["size"] == "small" else 1.0) * (lung / REFERENCE_LUNG_ML) ** (1.0 / 3.0)
+    scale = chest_scale(values["size"], lung)
     width = 2.0 * 165.0 * 1.06 * scale + 4.0
     matrix = 192 if values["size"] == "small" else 512
     return min(width / matrix, INPLANE_SPACING_RANGE_MM[1])
