@@ -29,20 +29,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def true_link_labels(probabilities, labels, truth, *, coupling: float) -> np.ndarray:
     """Branch labels where exactly the junction pairs of one true class are coupled."""
-    import cc3d
-    from scipy import ndimage
-    from skimage.morphology import skeletonize
-
     from hipas_core.sts import branch_labels
 
     vessel = labels > 0
-    skeleton = skeletonize(vessel)
-    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
-    junctions = skeleton & (neighbours >= 4)
-    branches = skeleton & ~ndimage.binary_dilation(junctions, structure=np.ones((3, 3, 3), bool))
-    branch_id = cc3d.connected_components(branches, connectivity=26).astype(np.int64)
-    nearest = ndimage.distance_transform_edt(branch_id == 0, return_distances=False, return_indices=True)
-    owner = branch_id[tuple(nearest)][vessel]
+    skeleton, junctions, branch_id, owner = branch_labels.skeleton_branches(vessel)
     count = int(branch_id.max()) + 1
     size = np.bincount(owner, minlength=count)
     true_artery = np.bincount(owner, weights=truth[vessel] == 1, minlength=count)

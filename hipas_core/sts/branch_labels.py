@@ -29,9 +29,7 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     their union is one class, decided by ``probabilities`` ((2, Z, Y, X) or a pair of arrays:
     artery and vein probabilities on the same grid) and, with ``coupling`` > 0, by the classes of
     its parent branch (see the module docstring). Returns a new uint8 array with the same vessel voxels; the inputs are not modified."""
-    import cc3d
     from scipy import ndimage
-    from skimage.morphology import skeletonize
 
     vessel = labels > 0
     out = labels.copy()
@@ -40,16 +38,9 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     box = ndimage.find_objects(vessel.astype(np.uint8))[0]
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     vessel = vessel[box]
-    skeleton = skeletonize(vessel)
-    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
-    junctions = skeleton & (neighbours >= 4)  # itself and three or more neighbours
-    branches = skeleton & ~ndimage.binary_dilation(junctions, structure=np.ones((3, 3, 3), bool))
-    branch_id = cc3d.connected_components(branches, connectivity=26).astype(np.int64)
+    skeleton, junctions, branch_id, owner = skeleton_branches(vessel)
     if branch_id.max() == 0:
         return out
-    nearest = ndimage.distance_transform_edt(branch_id == 0, return_distances=False, return_indices=True)
-    owner = branch_id[tuple(nearest)][vessel]
-    del nearest
     artery_p = np.asarray(probabilities[0][box], dtype=np.float64)[vessel]
     vein_p = np.asarray(probabilities[1][box], dtype=np.float64)[vessel]
     share = artery_p / np.maximum(artery_p + vein_p, 1e-9)  # q_v
@@ -67,6 +58,26 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     region = out[box]
     region[vessel] = cls
     return out
+
+
+def skeleton_branches(vessel: np.ndarray):
+    """The vessel skeleton of a (Z, Y, X) bool mask cut at its junctions into branches:
+    ``(skeleton, junctions, branch_id, owner)``: skeleton and junction voxels (bool), the
+    branch number of each branch voxel (int64, 0 elsewhere), and for each vessel voxel (in
+    ``vessel[vessel]`` order) the number of its nearest branch (all 0 when there is no branch)."""
+    import cc3d
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    skeleton = skeletonize(vessel)
+    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
+    junctions = skeleton & (neighbours >= 4)  # itself and three or more neighbours
+    branches = skeleton & ~ndimage.binary_dilation(junctions, structure=np.ones((3, 3, 3), bool))
+    branch_id = cc3d.connected_components(branches, connectivity=26).astype(np.int64)
+    if branch_id.max() == 0:
+        return skeleton, junctions, branch_id, np.zeros(int(vessel.sum()), dtype=np.int64)
+    nearest = ndimage.distance_transform_edt(branch_id == 0, return_distances=False, return_indices=True)
+    return skeleton, junctions, branch_id, branch_id[tuple(nearest)][vessel]
 
 
 def _junction_pairs(skeleton: np.ndarray, junctions: np.ndarray, branch_id: np.ndarray) -> np.ndarray:

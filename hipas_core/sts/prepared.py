@@ -194,15 +194,15 @@ def check_labels_on_ct_grid(ct, labels, *, labels_path: str | os.PathLike, requi
     least one vessel voxel."""
     import SimpleITK as sitk
 
-    if ct.GetSize() != labels.GetSize():
-        raise InvalidScanError(f"{labels_path}: labels not on the CT grid (size {labels.GetSize()} "
-                               f"vs the CT's {ct.GetSize()}, x y z)")
-    for what, a, b, tolerance in (("spacing", ct.GetSpacing(), labels.GetSpacing(), 1e-4),
-                                  ("origin", ct.GetOrigin(), labels.GetOrigin(), 1e-2),
-                                  ("direction", ct.GetDirection(), labels.GetDirection(), 1e-4)):
-        if not np.allclose(a, b, rtol=0, atol=tolerance * max(1.0, float(np.max(np.abs(a))))):
-            raise InvalidScanError(f"{labels_path}: labels not on the CT grid ({what} "
-                                   f"{tuple(round(v, 4) for v in b)} vs the CT's {tuple(round(v, 4) for v in a)})")
+    from hipas_core.conventions import same_grid
+
+    # the tolerances of hipas import-labels (hipas_core.label_import)
+    if not same_grid(ct, labels, spacing_rtol=1e-4, origin_atol=1e-2, direction_atol=1e-4):
+        raise InvalidScanError(f"{labels_path}: labels not on the CT grid (size {labels.GetSize()}, spacing "
+                               f"{tuple(round(v, 4) for v in labels.GetSpacing())}, origin "
+                               f"{tuple(round(v, 2) for v in labels.GetOrigin())} vs the CT's {ct.GetSize()}, "
+                               f"{tuple(round(v, 4) for v in ct.GetSpacing())}, "
+                               f"{tuple(round(v, 2) for v in ct.GetOrigin())}; x y z)")
     if require_voxels and not sitk.GetArrayViewFromImage(labels).any():
         raise InvalidScanError(f"{labels_path}: empty labels (no artery or vein voxel)")
 
