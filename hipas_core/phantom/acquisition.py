@@ -28,10 +28,9 @@ from hipas_core.conventions import ARTERY, VEIN
 from hipas_core.phantom.airways import bronchial_segments
 from hipas_core.phantom.anatomy import Anatomy
 from hipas_core.phantom.rasterize import coverage, paint_capsules, render_capsules
-from hipas_core.phantom.spec import PhantomSpec, stream
+from hipas_core.phantom.spec import MATRIX, PhantomSpec, stream
 from hipas_core.phantom.vessels import VesselTree
 
-MATRIX = {"small": 192, "full": 512}
 MAX_SMALL_SLICES = 200
 NOISE_SD_REF_HU = 22.0  # at 5 mGy and 1 mm slices
 FINE_SLICE_MM = 1.0

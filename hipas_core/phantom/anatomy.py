@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hipas_core.phantom.body_size import SMALL_SCALE, chest_scale, predicted_lung_ml
+from hipas_core.phantom.body_size import (
+    BODY_HALF_WIDTH_MM,
+    BODY_WIDTH_JITTER,
+    SMALL_SCALE,
+    chest_scale,
+    predicted_lung_ml,
+)
 from hipas_core.phantom.rasterize import point_segment_distance, render_capsules
 from hipas_core.phantom.spec import PhantomSpec, stream
 
@@ -57,7 +63,7 @@ class Anatomy:
         scale = chest_scale(spec.size, target)
         rng = stream(spec.seed, "anatomy")
         jitter = {
-            "body_w": rng.uniform(0.95, 1.06),
+            "body_w": rng.uniform(*BODY_WIDTH_JITTER),
             "body_ap": rng.uniform(0.93, 1.07),
             "heart_x": rng.uniform(-6, 6),
             "heart_z": rng.uniform(-6, 6),
@@ -79,7 +85,7 @@ class Anatomy:
     def body_axes(self) -> tuple[float, float, float]:
         """(centre y, half AP depth, half width) of the skin outline, mm."""
         s = self.scale
-        return 5.0 * s, 122.0 * s * self.jitter["body_ap"], 165.0 * s * self.jitter["body_w"]
+        return 5.0 * s, 122.0 * s * self.jitter["body_ap"], BODY_HALF_WIDTH_MM * s * self.jitter["body_w"]
 
     @property
     def fat_mm(self) -> float:

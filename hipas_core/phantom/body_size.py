@@ -6,13 +6,18 @@ of the whole chest that follows from it. Shared by ``spec`` (which sizes the ima
   men 7.99 H - 7.08 L, women 6.60 H - 5.79 L, H in m), minus 5 ml per year of age above 40,
   plus 8 % with COPD (hyperinflation);
 - the chest scales with the cube root of the lung volume, relative to ``REFERENCE_LUNG_ML`` at
-  scale 1; ``size="small"`` multiplies every length by ``SMALL_SCALE`` (a reduced chest).
+  scale 1; ``size="small"`` multiplies every length by ``SMALL_SCALE`` (a reduced chest);
+- the skin outline is ``BODY_HALF_WIDTH_MM`` wide on each side at scale 1, times a per-seed
+  jitter drawn uniformly from ``BODY_WIDTH_JITTER`` (``anatomy`` draws it, ``spec`` sizes the
+  field of view for its upper end).
 """
 
 from __future__ import annotations
 
 SMALL_SCALE = 0.40
 REFERENCE_LUNG_ML = 6400.0  # lung mask volume of both lungs at scale 1 (measured; see the tests)
+BODY_HALF_WIDTH_MM = 165.0  # half width of the skin outline at scale 1, before the jitter
+BODY_WIDTH_JITTER = (0.95, 1.06)  # range of the per-seed factor on the body width
 
 
 def predicted_lung_ml(sex: str, height_cm: float, age: float, copd: int) -> float:
@@ -31,4 +36,7 @@ def chest_scale(size: str, lung_ml: float) -> float:
     return (SMALL_SCALE if size == "small" else 1.0) * (lung_ml / REFERENCE_LUNG_ML) ** (1.0 / 3.0)
 
 
-__all__ = ["REFERENCE_LUNG_ML", "SMALL_SCALE", "chest_scale", "predicted_lung_ml"]
+__all__ = [
+    "BODY_HALF_WIDTH_MM", "BODY_WIDTH_JITTER", "REFERENCE_LUNG_ML", "SMALL_SCALE", "chest_scale",
+    "predicted_lung_ml",
+]

@@ -17,10 +17,16 @@ import numpy as np
 
 from hipas_core.conventions import DISEASE_FLAGS
 from hipas_core.errors import InvalidInputError
-from hipas_core.phantom.body_size import chest_scale, predicted_lung_ml
+from hipas_core.phantom.body_size import (
+    BODY_HALF_WIDTH_MM,
+    BODY_WIDTH_JITTER,
+    chest_scale,
+    predicted_lung_ml,
+)
 
 SIZES = ("small", "full")
 PROTOCOLS = ("ncct", "ctpa")
+MATRIX = {"small": 192, "full": 512}  # fixed in-plane matrix (pixels per side) of each size
 
 # prevalence of each flag when drawn from the seed (a demo population, not an epidemiology)
 FLAG_PREVALENCE = {
@@ -43,11 +49,12 @@ _THICKNESS_WEIGHTS = (0.08, 0.07, 0.18, 0.17, 0.12, 0.10, 0.06, 0.06, 0.06, 0.05
 
 def _needed_spacing(values: dict) -> float:
     """In-plane spacing (mm) at which the fixed matrix covers the widest possible body of these
-    demographics (anatomy.Anatomy: 330 mm x jitter <= 1.06 at scale 1), capped at 0.85 mm."""
+    demographics (2 x ``BODY_HALF_WIDTH_MM`` x the largest ``BODY_WIDTH_JITTER`` at scale 1, as
+    ``anatomy.Anatomy`` draws it), capped at the upper end of ``INPLANE_SPACING_RANGE_MM``."""
     lung = predicted_lung_ml(values["sex"], float(values["height_cm"]), float(values["age"]), int(values["copd"]))
     scale = chest_scale(values["size"], lung)
-    width = 2.0 * 165.0 * 1.06 * scale + 4.0
-    matrix = 192 if values["size"] == "small" else 512
+    width = 2.0 * BODY_HALF_WIDTH_MM * BODY_WIDTH_JITTER[1] * scale + 4.0
+    matrix = MATRIX["small"] if values["size"] == "small" else MATRIX["full"]
     return min(width / matrix, INPLANE_SPACING_RANGE_MM[1])
 
 
@@ -66,7 +73,7 @@ class PhantomSpec:
     with 1/sqrt(dose)), ``contrast_phase`` in [0, 1] (CTPA only: 0 = pure arterial phase with
     veins barely enhanced, 1 = veins as bright as arteries), ``arterial_hu`` the CTPA arterial
     enhancement, ``z_margin_mm`` extra coverage above/below the lungs (varies slice count),
-    The in-plane matrix is fixed (512 full, 192 small), so the field of view is 512 (192) x
+    The in-plane matrix is fixed (``MATRIX``: 512 full, 192 small), so the field of view is 512 (192) x
     spacing; a spacing override below what the body needs clips the body edge, as a small
     reconstruction field of view does.
     """
