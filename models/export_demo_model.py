@@ -9,6 +9,7 @@ setting with the highest mean of the artery and vein Dice (the network runs once
 all of them).
 
     .venv/bin/python models/export_demo_model.py TRAIN.pt OUT.pt [--val-seeds 501-508] [--threads 1] [--half]
+        [--i2sr-model I2SR.pt]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--val-seeds", default="501-508", help="validation phantom seeds for the thresholds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--half", action="store_true", help="store the weights as float16")
+    parser.add_argument("--i2sr-model", help="I2SR checkpoint the thick validation scans go through (default: the "
+                        "shipped i2sr-demo.pt, as hipas segment)")
     args = parser.parse_args()
 
     import SimpleITK as sitk
@@ -49,7 +52,7 @@ def main() -> int:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz")))
         scans.append((sitk.ReadImage(str(folder / "ct.nii.gz")), truth))
     predictor = Predictor(args.destination, device="cpu", branch_consistent=False,  # per voxel for the thresholds
-                          i2sr_model=shipped_model("i2sr-demo.pt"))  # as hipas segment: I2SR above 2 mm
+                          i2sr_model=args.i2sr_model or shipped_model("i2sr-demo.pt"))  # I2SR above 2 mm
     network_output: dict = {}
     run_network = predictor.predict_probabilities
 

@@ -13,6 +13,8 @@ labels: 0 background, 1 artery, 2 vein on the CT's grid. The case goes through
 weights) and is written as the case folder DIR (``hipas_core.sts.prepared``: one ``.npy`` per
 array + ``case.json``), atomically. A phantom is the small phantom of ``hipas phantom --seed N``
 (protocol default: odd seeds NCCT, even CTPA), prepared exactly as ``hipas train`` prepares it.
+Slices thicker than 2 mm go through I2SR (``--i2sr-model``, default the shipped ``i2sr-demo.pt``,
+as ``hipas segment``; ``none``: trilinear z), so a network trains on the input it will see.
 ``--synthetic-ncct``: a CTPA case also stores the input channels of its synthetic non-contrast
 copy, which ``hipas train --prepared --synthetic-ncct P`` needs.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 
+from hipas_core.cli._training_options import add_i2sr_option, i2sr_model_path, i2sr_record
 from hipas_core.conventions import DEMO_VESSELNESS_SIGMAS_MM
 
 MARGIN_MM = 10.0  # prepare_case's default lung-box margin
@@ -48,6 +51,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-ncct", action="store_true",
                         help="a CTPA case also stores its synthetic non-contrast copy (for hipas train --prepared "
                         "--synthetic-ncct P)")
+    add_i2sr_option(parser)
     parser.add_argument("--exclude-invalid", action="store_true",
                         help="on an unusable case write an excluded case folder and exit 0 instead of failing")
 
@@ -81,7 +85,7 @@ def _settings(args: argparse.Namespace, **extra) -> dict:
 
     return {"vesselness_sigmas_mm": list(args.vesselness_sigmas), "margin_mm": MARGIN_MM,
             "hu_window": list(HU_WINDOW), "standard_spacing_mm": list(STANDARD_SPACING),
-            "synthetic_ncct": bool(args.synthetic_ncct), **extra}
+            "synthetic_ncct": bool(args.synthetic_ncct), "i2sr": i2sr_record(i2sr_model_path(args)), **extra}
 
 
 def _synthetic_ncct_sigmas(args: argparse.Namespace) -> tuple[float, ...] | None:
@@ -94,7 +98,7 @@ def _prepare_phantom(args: argparse.Namespace) -> int:
 
     protocol = args.protocol or ("ncct" if args.phantom_seed % 2 else "ctpa")
     case = phantom_case(args.phantom_seed, protocol=protocol, slice_thickness_mm=args.slice_thickness,
-                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas))
+                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), i2sr_model=i2sr_model_path(args))
     if args.case_id:
         case.name = args.case_id
     source = {"kind": "phantom", "seed": args.phantom_seed, "size": "small", "protocol": protocol,
@@ -110,6 +114,7 @@ def _prepare_scan(args: argparse.Namespace, case_id: str) -> None:
     import SimpleITK as sitk
 
     from hipas_core.conventions import META_SOURCE_FORMAT
+    from hipas_core.i2sr import load_model
     from hipas_core.io import read_ct, read_labels
     from hipas_core.sts.data import prepare_case
     from hipas_core.sts.prepared import check_labels_on_ct_grid, write_prepared_case
@@ -125,8 +130,10 @@ def _prepare_scan(args: argparse.Namespace, case_id: str) -> None:
             check_labels_on_ct_grid(ct, extra[name], labels_path=path, require_voxels=False)
             extra[name] = sitk.Cast(extra[name], sitk.sitkUInt8)
     meta = {"protocol": args.protocol} if args.protocol else {}
+    i2sr = i2sr_model_path(args)
     case = prepare_case(ct, labels, extra.get("levels"), extra.get("lungs"), name=case_id,
-                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), margin_mm=MARGIN_MM, meta=meta)
+                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), margin_mm=MARGIN_MM, meta=meta,
+                        i2sr_model=None if i2sr is None else load_model(i2sr))
     source = {"kind": ct.GetMetaData(META_SOURCE_FORMAT), "protocol": args.protocol,
               "spacing_mm": list(ct.GetSpacing()[::-1]), "size_zyx": list(ct.GetSize()[::-1])}
     settings = _settings(args, levels="given" if args.levels else "derived (hipas_core.levels)",

@@ -38,7 +38,12 @@ from __future__ import annotations
 
 import argparse
 
-from hipas_core.cli._training_options import add_training_run_options
+from hipas_core.cli._training_options import (
+    add_i2sr_option,
+    add_training_run_options,
+    i2sr_model_path,
+    i2sr_record,
+)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +60,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="with --prepared: DataLoader worker processes drawing the patches (default 0: in the "
                         "training process; > 1 needs --patch-stream per-patch)")
     parser.add_argument("--cache", default="results/sts_cache", help="cache folder for prepared phantoms")
+    add_i2sr_option(parser)
     parser.add_argument("--patch", type=int, nargs=3, default=(128, 192, 192), metavar=("Z", "Y", "X"))
     parser.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="inference window (default: patch)")
     parser.add_argument("--width", type=int, default=24, help="stage base width (paper 24)")
@@ -105,7 +111,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "(default 0.8)")
     parser.add_argument("--cached-priors", action="store_true",
                         help="stagewise: stage s >= 1 reads the frozen stages' prior map from a per-case cache "
-                        "computed over the whole crop (as inference does) instead of rerunning them on every patch")
+                        "computed over the whole crop (as inference does) instead of rerunning them on every patch; "
+                        "training on phantoms, the priors are also kept on disk under --cache/priors (named by case, "
+                        "stage and a digest of the frozen weights), so a resumed run reads them")
     parser.add_argument("--skeleton-recall-weight", type=float, default=0.0, metavar="W",
                         help="add W x Skeleton Recall (Kirchhoff et al. 2024) on the tubed centrelines of the targets "
                         "(default 0: off)")
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) -> int:
     from dataclasses import asdict
+    from pathlib import Path
 
     import torch
 
@@ -237,17 +246,20 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
     if args.prepared:
         cases, val_cases, description, patch_source = _prepared_set(args)
     elif args.data:
-        cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas)
+        i2sr = i2sr_model_path(args)
+        cases = sts_data.folder_cases(args.data, vesselness_sigmas_mm=sigmas, i2sr_model=i2sr)
         val_cases = []
-        description = {"folder": str(args.data), "cases": [c.name for c in cases]}
+        description = {"folder": str(args.data), "cases": [c.name for c in cases], "i2sr": i2sr_record(i2sr)}
     else:
+        i2sr = i2sr_model_path(args)
         train_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.phantom_seeds))
         val_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.val_seeds))
         cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
-                                       vesselness_sigmas_mm=sigmas) for s, p, t in train_plan]
+                                       vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in train_plan]
         val_cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
-                                           vesselness_sigmas_mm=sigmas) for s, p, t in val_plan]
-        description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan}}
+                                           vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in val_plan]
+        description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan},
+                       "i2sr": i2sr_record(i2sr)}
     cascade_config = CascadeConfig(stage=StageConfig(width=args.width, blocks_per_level=tuple(args.blocks)),
                                    stage_blocks=_stage_blocks(args.stage_blocks, CascadeConfig().stages))
     if args.stage_blocks and args.baseline:
@@ -265,6 +277,8 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
         encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
+        prior_cache_dir=(str(Path(args.cache) / "priors") if args.cached_priors and not (args.data or args.prepared)
+                         else None),
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct,
                       "domain_randomization": asdict(randomization)},
         skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,

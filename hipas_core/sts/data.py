@@ -27,6 +27,7 @@ recomputed from the randomized CT (``Augmentation.randomize_domain``).
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from collections.abc import Sequence
@@ -180,12 +181,15 @@ def prepare_case(
     vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
     margin_mm: float = 10.0,
     meta: dict | None = None,
+    i2sr_model=None,
 ) -> TrainingCase:
     """Bring one annotated CT (SimpleITK images in one grid, HU / labels / levels / lungs) into
     the standardized grid, crop to the lungs and compute vesselness, territories and weights.
 
     Without ``levels`` they are derived with ``hipas_core.levels``; without ``lungs`` the lung
-    channel is the threshold lung mask.
+    channel is the threshold lung mask. ``i2sr_model`` (a loaded I2SR network): slices thicker
+    than 2 mm are super-resolved through it, as ``hipas segment`` normalizes them, so the network
+    trains on the input it will see; None: trilinear z. ``meta["z_method"]`` says which.
     """
     import SimpleITK as sitk
 
@@ -193,7 +197,7 @@ def prepare_case(
     from hipas_core.normalize import normalize_ct, to_standard_grid, window
     from hipas_core.sts.losses import level_weights
 
-    standard, _record = normalize_ct(ct)
+    standard, record = normalize_ct(ct, i2sr_model=i2sr_model)
     # Nearest neighbour keeps the annotated vessel volume (within 2 % on the phantoms, thin and
     # thick). The one-hot linear resampling used before broke thin vessels that run diagonally
     # through the coarser source grid into pieces: the targets lost 12 % (1.25 mm slices) to 19 %
@@ -225,7 +229,7 @@ def prepare_case(
         lungs=lungs_std[box].astype(np.uint8),
         territory=level_territories(levels_c),
         weights=level_weights(levels_std, labels_std),
-        meta={**(meta or {}), "box": [(s.start, s.stop) for s in box]},
+        meta={**(meta or {}), "box": [(s.start, s.stop) for s in box], "z_method": record.z_method},
     )
 
 
@@ -236,11 +240,22 @@ def phantom_case(
     slice_thickness_mm: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+    i2sr_model: str | os.PathLike | None = None,
 ) -> TrainingCase:
-    """A small phantom (``hipas_core.phantom``) as a training case, cached under ``cache_dir``."""
+    """A small phantom (``hipas_core.phantom``) as a training case, cached under ``cache_dir``.
+
+    ``i2sr_model``: an I2SR checkpoint that thick slices (> 2 mm) go through, as ``hipas segment``
+    normalizes them; the cache name then carries the first 8 hex digits of its SHA-256
+    (``-i2sr<digest>``), so cases prepared through different models never mix."""
+    from hipas_core.conventions import I2SR_THICKNESS_MM, needs_super_resolution
+
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
     name = f"phantom-{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
+    use_i2sr = (i2sr_model is not None and slice_thickness_mm is not None
+                and needs_super_resolution(slice_thickness_mm, I2SR_THICKNESS_MM))
+    if use_i2sr:
+        name += f"-i2sr{_file_digest(i2sr_model)[:8]}"
     cached = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         try:
@@ -255,19 +270,36 @@ def phantom_case(
         phantom.ct, phantom.labels, phantom.levels, phantom.lungs, name=name,
         vesselness_sigmas_mm=vesselness_sigmas_mm,
         meta={"seed": seed, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
+        i2sr_model=_loaded_i2sr(str(i2sr_model)) if use_i2sr else None,
     )
     if cached is not None:
         case.save(cached)
     return case
 
 
+@functools.lru_cache(maxsize=4)
+def _file_digest(path: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_i2sr(path: str):
+    from hipas_core.i2sr import load_model
+
+    return load_model(path)
+
+
 def folder_cases(
-    folder: str | os.PathLike, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM
+    folder: str | os.PathLike, *, vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
+    i2sr_model: str | os.PathLike | None = None,
 ) -> list[TrainingCase]:
     """Real annotated scans: every ``<case>/ct.nii.gz`` with ``labels.nii.gz`` (optional
     ``levels.nii.gz``, ``lungs.nii.gz``) under ``folder``, or pairs ``<id>_ct.nii.gz`` +
     ``<id>_labels.nii.gz`` (HiPaS layout: ``ct_scan/<id>.npz`` + ``annotation/<id>.npz`` with
-    artery/vein masks is read through ``hipas_core.io``)."""
+    artery/vein masks is read through ``hipas_core.io``). ``i2sr_model``: the I2SR checkpoint
+    that thick scans (> 2 mm) go through (``prepare_case``); None: trilinear z."""
     from hipas_core.errors import InvalidInputError
     from hipas_core.io import read_ct, read_labels
 
@@ -298,6 +330,7 @@ def folder_cases(
         cases.append(prepare_case(
             ct_image, labels, sitk.ReadImage(str(lev)) if lev else None, sitk.ReadImage(str(lun)) if lun else None,
             name=name, vesselness_sigmas_mm=vesselness_sigmas_mm, meta={"path": str(ct)},
+            i2sr_model=None if i2sr_model is None else _loaded_i2sr(str(i2sr_model)),
         ))
     return cases
 

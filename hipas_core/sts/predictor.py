@@ -135,7 +135,8 @@ class Predictor:
 
     ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
     ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
-    pass. A crop smaller than the window is run as one window of its own size (``fitted_window``).
+    pass. A crop smaller than the window is run as one window of its own size, and a longer axis
+    with the smallest window that tiles it in as many windows at ``overlap`` (``fitted_window``).
     ``confine`` (default True) removes predictions outside the thoracic cavity.
     ``branch_consistent`` (default: the checkpoint's ``inference["branch_consistent"]``, else
     False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``, with
@@ -253,7 +254,7 @@ class Predictor:
         return cascade_probabilities(self.model, image, slide=slide, on_stage=stage_done).cpu().numpy()
 
     def _slide(self, fn, volume: torch.Tensor, *, description: str = "sliding window") -> torch.Tensor:
-        window = fitted_window(self.window, tuple(volume.shape[1:]))
+        window = fitted_window(self.window, tuple(volume.shape[1:]), overlap=self.overlap)
         # the windows sliding_window_predict visits (it pads a volume smaller than the window)
         total = math.prod(len(window_starts(max(s, w), w, self.overlap)) for s, w in zip(volume.shape[1:], window, strict=True))
         with Progress(description, total=total, unit="windows", mode=self.progress) as progress:

@@ -40,11 +40,26 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return sorted(set(starts))
 
 
-def fitted_window(window: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int]:
+def fitted_window(
+    window: tuple[int, int, int], shape: tuple[int, ...], *, overlap: float | None = None
+) -> tuple[int, int, int]:
     """The sliding window shrunk, per axis, to the volume ``shape`` rounded up to a multiple of
     ``SIZE_MULTIPLE``: a crop smaller than the window is run in one pass without computing on
-    padding (on a CPU the per-window overhead dominates, so few large windows are fastest)."""
-    return tuple(min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE) for w, s in zip(window, shape, strict=True))
+    padding (on a CPU the per-window overhead dominates, so few large windows are fastest).
+
+    With ``overlap``, an axis longer than the window also gets the smallest window (a multiple of
+    ``SIZE_MULTIPLE``) that covers it with no more windows than ``window`` needs at that overlap:
+    the same number of windows, each overlapping its neighbours by at least ``overlap``, with less
+    computed twice (a 250-voxel axis takes 2 windows of 144 instead of 2 of 160)."""
+    fitted = []
+    for w, s in zip(window, shape, strict=True):
+        w = min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        if overlap is not None and s > w:
+            count = len(window_starts(int(s), w, overlap))
+            while w - SIZE_MULTIPLE >= SIZE_MULTIPLE and len(window_starts(int(s), w - SIZE_MULTIPLE, overlap)) <= count:
+                w -= SIZE_MULTIPLE
+        fitted.append(w)
+    return tuple(fitted)
 
 
 def sliding_window_predict(

@@ -102,6 +102,10 @@ class TrainConfig:
     # prior sees the case before patch augmentation and domain randomization (flips are applied
     # to it as to the labels).
     cached_priors: bool = False
+    # cached_priors: also keep each case's prior on disk here (.npy), named by the case, the stage
+    # and a digest of the frozen stages' weights, so a resumed or repeated run reads it instead of
+    # recomputing it (None: in memory only)
+    prior_cache_dir: str | None = None
     # weight of the Skeleton Recall loss (Kirchhoff et al., ECCV 2024) added to each trained
     # stage's (or the baseline's) loss, on the tubed centrelines of that stage's targets (0: off)
     skeleton_recall_weight: float = 0.0
@@ -305,8 +309,16 @@ def validation_dice(model: torch.nn.Module, batches: Sequence[dict], config: Tra
 
 def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device, autocast) -> np.ndarray:
     """P^{s-1} over the whole crop of ``case`` from the frozen stages 0..s-1 (s = cache["stage"]),
-    computed once per case and stage with the inference window and overlap."""
+    computed once per case and stage with the inference window and overlap; with
+    ``config.prior_cache_dir`` read from (or written to) disk as well."""
     if case.name not in cache:
+        path = _prior_path(model, cache, case, config=config, device=device)
+        if path is not None and path.is_file():
+            try:
+                cache[case.name] = np.load(path)
+                return cache[case.name]
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
         from hipas_core.sts.cascade import cascade_probabilities
         from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict
 
@@ -321,7 +333,35 @@ def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig
         image = torch.from_numpy(case.image.astype(np.float32)).to(device)
         probs = cascade_probabilities(model, image, slide=slide, last_stage=cache["stage"] - 1)
         cache[case.name] = probs.cpu().numpy().astype(np.float16)
+        if path is not None:
+            from hipas_core.atomic import atomic_path
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, cache[case.name])
     return cache[case.name]
+
+
+def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device) -> Path | None:
+    """Where the prior of ``case`` lies on disk: named by the case, the stage, and a digest of
+    what it depends on (the frozen stages and transmissions, window, overlap, device type);
+    None without ``config.prior_cache_dir``."""
+    if config.prior_cache_dir is None:
+        return None
+    if "digest" not in cache:
+        import hashlib
+
+        stage = cache["stage"]
+        digest = hashlib.sha256()
+        frozen = [*model.stages[:stage], *model.transmissions[:stage - 1]]
+        for module in frozen:
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        window = tuple(config.inference_window or config.patch)
+        digest.update(repr((window, config.inference_overlap, torch.device(device).type)).encode())
+        cache["digest"] = digest.hexdigest()[:16]
+    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}.npy"
 
 
 def training_log_path(checkpoint: str | os.PathLike) -> Path:

@@ -291,6 +291,8 @@ def test_workflow_plans_the_demo_training_set(tmp_path):
     shutil.copy(REPO / "Snakefile", copy / "Snakefile")
     shutil.copytree(REPO / "workflow", copy / "workflow")
     shutil.copytree(REPO / "config", copy / "config")
+    (copy / "models").mkdir()
+    shutil.copy(REPO / "models" / "i2sr-demo.pt", copy / "models")  # thick cases go through it
     (copy / "profiles").symlink_to("workflow/profiles")
     snakemake = Path(sys.executable).parent / "snakemake"
     result = subprocess.run([str(snakemake), "-n", "training_set", "--configfile", "config/training-demo.yaml",
@@ -304,6 +306,7 @@ def test_workflow_plans_the_demo_training_set(tmp_path):
         counts[parts[0]] = int(parts[1])
     assert counts == {"prepare_training_case": 8, "training_manifest": 1, "training_set": 1, "total": 10}
     assert "--phantom-seed 8 --case-id phantom-008" in result.stdout
+    assert "--i2sr-model models/i2sr-demo.pt" in result.stdout
     assert "--val 'phantom-007,phantom-008'" in result.stdout
 
 
@@ -372,3 +375,34 @@ def test_synthetic_ncct_variant_is_stored_and_streamed_as_in_memory(tmp_path, tu
     (plain / "case.json").write_text((plain / "case.json").read_text().replace('"ncct"', '"ctpa"'))
     with pytest.raises(ValueError, match="no synthetic NCCT copy"):
         PreparedPatches([plain], workers=0).check(config)
+
+
+def test_thick_cases_go_through_the_i2sr_model_segment_uses(tmp_path, hipas):
+    """A 3 mm phantom is prepared through I2SR (by default the shipped model, as hipas segment
+    normalizes it): the CT channels differ from trilinear z, the targets do not, and the case
+    records which model it went through."""
+    import hashlib
+    import json
+
+    from hipas_core.resources import shipped_model
+
+    model = shipped_model("i2sr-demo.pt")
+    linear = phantom_case(3, protocol="ncct", slice_thickness_mm=3.0)
+    through_i2sr = phantom_case(3, protocol="ncct", slice_thickness_mm=3.0, i2sr_model=model)
+    assert linear.meta["z_method"] == "linear" and through_i2sr.meta["z_method"] == "i2sr"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert through_i2sr.name == linear.name + f"-i2sr{digest[:8]}"
+    assert np.array_equal(through_i2sr.labels, linear.labels) and np.array_equal(through_i2sr.levels, linear.levels)
+    difference = np.abs(through_i2sr.image[0].astype(np.float32) - linear.image[0].astype(np.float32))
+    assert difference.mean() > 1e-3  # windowed units: I2SR changed the image, not only its rounding
+    thin = phantom_case(SEED, protocol="ncct", i2sr_model=model)  # thin slices: no I2SR, the plain cache name
+    assert thin.meta["z_method"] == "linear" and not thin.name.endswith(digest[:8])
+
+    folder = tmp_path / "thick"
+    hipas("prepare-training", "--phantom-seed", "3", "--slice-thickness", "3", "--out", folder, check=True)
+    record = json.loads((folder / "case.json").read_text())
+    assert record["settings"]["i2sr"] == {"file": "i2sr-demo.pt", "sha256": digest}
+    assert np.array_equal(load_prepared_case(folder).image, through_i2sr.image)
+    refused = hipas("prepare-training", "--phantom-seed", "3", "--i2sr-model", tmp_path / "missing.pt",
+                    "--out", tmp_path / "no")
+    assert refused.returncode == 2 and "missing.pt" in refused.stderr and not (tmp_path / "no").exists()

@@ -275,3 +275,17 @@ def test_a_raw_thick_scan_is_normalized_through_i2sr_like_hipas_normalize(tiny_m
     via_i2sr = shipped.segment(thick).standard_labels
     expected_grid = normalize_ct(thick, i2sr_model=shipped._i2sr_for(thick))[0]
     assert via_i2sr.GetSize() == expected_grid.GetSize()
+
+
+def test_fitted_window_with_overlap_tiles_a_long_axis_in_as_many_smaller_windows():
+    from hipas_core.sts.sliding_window import fitted_window, window_starts
+
+    window, shape = (160, 192, 224), (250, 300, 420)
+    fitted = fitted_window(window, shape, overlap=0.25)
+    assert fitted == (144, 176, 176)
+    for w, f, s in zip(window, fitted, shape, strict=True):
+        starts = window_starts(s, f, 0.25)
+        assert len(starts) == len(window_starts(s, w, 0.25))  # no more windows than before
+        assert starts[-1] + f == s and all(b - a <= 0.75 * f + 1 for a, b in zip(starts, starts[1:], strict=False))
+        assert len(window_starts(s, f - 16, 0.25)) > len(starts)  # and none smaller would do
+    assert fitted_window(window, (140, 146, 204), overlap=0.25) == fitted_window(window, (140, 146, 204))

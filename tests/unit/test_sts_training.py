@@ -207,6 +207,36 @@ def test_cached_prior_loss_equals_the_full_cascade_loss_when_the_patch_is_the_ca
         assert list(cache) == ["stage", case.name]  # computed once per case
 
 
+def test_priors_on_disk_are_read_back_and_follow_the_frozen_weights(tmp_path):
+    """With prior_cache_dir the prior is written once per case, stage and frozen weights; a new
+    cache (a resumed run) reads the same array back; other frozen weights get a file of their own,
+    and a change to the stage being trained (or its transmission) does not invalidate it."""
+    from hipas_core.sts.training import _cached_prior
+
+    torch.manual_seed(0)
+    model = build_model("cascade", TINY_MODEL)
+    case = tiny_case(shape=(32, 48, 48))
+    config = TrainConfig(model_config=TINY_MODEL, patch=(32, 48, 48), mode="stagewise", cached_priors=True,
+                         prior_cache_dir=str(tmp_path / "priors"))
+
+    def prior(cache):
+        return _cached_prior(model, cache, case, config=config, device=torch.device("cpu"),
+                             autocast=("cpu", torch.bfloat16, False))
+
+    first = prior({"stage": 2})
+    files = sorted((tmp_path / "priors").iterdir())
+    assert len(files) == 1 and files[0].name.startswith(f"{case.name}-prior2-")
+    with torch.no_grad():  # the trained stage and its transmission do not feed P^1
+        model.stages[2].head.bias.add_(1.0)
+        model.transmissions[1].conv1.bias.add_(1.0)
+    assert np.array_equal(prior({"stage": 2}), first)
+    assert len(list((tmp_path / "priors").iterdir())) == 1
+    with torch.no_grad():  # a frozen transmission (it feeds stage 1) changed: a new file, a new prior
+        model.transmissions[0].conv1.bias.add_(1.0)
+    changed = prior({"stage": 2})
+    assert len(list((tmp_path / "priors").iterdir())) == 2 and not np.array_equal(changed, first)
+
+
 def test_extra_arrays_are_cut_and_flipped_with_the_labels():
     case = tiny_case(2)
     extra = {"prior": np.stack([case.labels == 1, case.labels == 2]).astype(np.float16)}

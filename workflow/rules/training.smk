@@ -2,9 +2,10 @@
 # `training:` section: the cases of a TSV (case_id, ct, labels [, split, protocol, levels, lungs,
 # metadata_table]; paths relative to the TSV's folder) and/or small phantoms by seed. Each case
 # becomes a case folder (hipas prepare-training: one .npy per array + case.json, written
-# atomically; an unusable case becomes an excluded case, an exclusion marker), then one manifest
-# lists them with their split (hipas training-manifest). `rule all` does not build it: a config
-# without `training:` plans exactly as before. Planning imports nothing of hipas_core.
+# atomically; slices thicker than 2 mm go through the I2SR model the per-scan rules use; an
+# unusable case becomes an excluded case, an exclusion marker), then one manifest lists them
+# with their split (hipas training-manifest). `rule all` does not build it: a config without
+# `training:` plans exactly as before. Planning imports nothing of hipas_core.
 
 # (config loading and input functions: workflow/rules/common.smk, "training set")
 
@@ -12,6 +13,7 @@
 rule prepare_training_case:
     input:
         unpack(training_case_inputs),
+        i2sr=config["models"]["i2sr"],
     output:
         directory(f"{TRAINING_ROOT}/cases/{{case}}"),
     wildcard_constraints:
@@ -33,7 +35,7 @@ rule prepare_training_case:
         runtime=30,
     shell:
         "hipas prepare-training {params.source} --case-id {wildcards.case} --vesselness-sigmas {params.sigmas}"
-        " {params.exclude} {params.synthetic_ncct} --out {output:q} > {log} 2>&1"
+        " --i2sr-model {input.i2sr:q} {params.exclude} {params.synthetic_ncct} --out {output:q} > {log} 2>&1"
 
 
 rule training_manifest:
