@@ -3,13 +3,14 @@
 Builds its own input (``hipas phantom --size full --seed 4``: 512 x 512 in-plane, 1.25 mm slices;
 written once to the work folder), then runs ``hipas segment --device cpu`` in a fresh process per
 run under ``/usr/bin/time -v`` and prints wall time, user and system CPU time, peak RSS and minor
-page faults: median (min-max) over ``--repeats`` runs. The obvious alternative runs in the same
-session: the same command with glibc's default allocator thresholds (``HIPAS_MALLOC_TUNING=0``,
-``hipas_core.allocator``), which hands every large freed block back to the kernel and faults it
-in again on the next allocation.
+page faults: median (min-max) over ``--repeats`` runs. The obvious alternatives run in the same
+session: ``bf16``, the same command with ``--precision bf16-cpu`` (bf16 + channels-last on a CPU
+with native bf16), and ``default``, the same command with glibc's default
+allocator thresholds (``HIPAS_MALLOC_TUNING=0``, ``hipas_core.allocator``), which hands every
+large freed block back to the kernel and faults it in again on the next allocation.
 
     .venv/bin/python benchmarks/bench_segment_cpu.py [--repeats 3] [--threads 2] [--model M]
-                                                     [--only tuned|default] [--work DIR]
+                                                     [--only tuned bf16 default] [--work DIR]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=4, help="full phantom seed (4: 1.25 mm slices)")
     parser.add_argument("--model", default=str(REPO / "models" / "sts-demo.pt"))
-    parser.add_argument("--only", choices=("tuned", "default"), help="run one allocator setting only")
+    parser.add_argument("--only", nargs="+", choices=("tuned", "bf16", "default"), help="run these settings only")
     parser.add_argument("--work", help="folder for the phantom (default: a temporary folder, removed)")
     args = parser.parse_args()
     if not shutil.which("/usr/bin/time"):
@@ -65,27 +66,29 @@ def main() -> int:
             subprocess.run([*HIPAS, "phantom", "--seed", str(args.seed), "--size", "full", "--out", str(phantom)],
                            check=True, capture_output=True)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        settings = {"tuned": {**base_env, "HIPAS_MALLOC_TUNING": "1"},
-                    "default": {**base_env, "HIPAS_MALLOC_TUNING": "0"}}
+        tuned = {**base_env, "HIPAS_MALLOC_TUNING": "1"}
+        settings = {"tuned": (tuned, []), "bf16": (tuned, ["--precision", "bf16-cpu"]),
+                    "default": ({**base_env, "HIPAS_MALLOC_TUNING": "0"}, [])}
         if args.only:
-            settings = {args.only: settings[args.only]}
+            settings = {name: settings[name] for name in args.only}
         command = [*HIPAS, "segment", "-i", str(phantom / "ct.nii.gz"), "-o", str(work / "labels.nii.gz"),
                    "--std-output", str(work / "std.nii.gz"), "--device", "cpu", "--threads", str(args.threads),
                    "--model", args.model, "--scan-id", "bench"]
         print(f"hipas segment --device cpu --threads {args.threads}, full phantom seed {args.seed}, "
               f"model {Path(args.model).name}, {args.repeats} runs each")
         medians = {}
-        for name, env in settings.items():
-            runs = [_time_v(command, env) for _ in range(args.repeats)]
+        for name, (env, extra) in settings.items():
+            runs = [_time_v(command + extra, env) for _ in range(args.repeats)]
             medians[name] = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "user_s", "sys_s", "peak_gb", "faults_m")}
             spread = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in medians[name]}
             print(f"  {name:8s} " + "  ".join(
                 f"{k} {medians[name][k]:.2f} ({spread[k][0]:.2f}-{spread[k][1]:.2f})" for k in medians[name]))
             print(f"           {runs[-1]['stages']}")
-        if len(medians) == 2:
-            print(f"  default / tuned: wall x{medians['default']['wall_s'] / medians['tuned']['wall_s']:.2f}, "
-                  f"system time x{medians['default']['sys_s'] / max(medians['tuned']['sys_s'], 1e-9):.1f}, "
-                  f"peak x{medians['default']['peak_gb'] / medians['tuned']['peak_gb']:.2f}")
+        for other in ("bf16", "default"):
+            if other in medians and "tuned" in medians:
+                print(f"  {other} / tuned: wall x{medians[other]['wall_s'] / medians['tuned']['wall_s']:.2f}, "
+                      f"system time x{medians[other]['sys_s'] / max(medians['tuned']['sys_s'], 1e-9):.1f}, "
+                      f"peak x{medians[other]['peak_gb'] / medians['tuned']['peak_gb']:.2f}")
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

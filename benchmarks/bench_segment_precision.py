@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    from hipas_core.allocator import restart_with_tuned_allocator
+
+    restart_with_tuned_allocator()  # as the hipas command runs (glibc thresholds raised)
 
     import SimpleITK as sitk
     import torch

@@ -130,6 +130,13 @@ class Segmentation:
     standard_labels: object | None = None  # SimpleITK uint8 on the standardized grid
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX tiles), where oneDNN's bf16
+    convolutions beat float32; without it bf16 is emulated and slower."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
 class Predictor:
     """Loads a checkpoint once; ``segment(ct_image)`` / ``segment_file(path)`` per scan.
 
@@ -144,9 +151,11 @@ class Predictor:
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
     in both grids follow. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
     else log lines; ``"off"`` for none). ``precision``: ``"auto"`` (float32 on CPU; on CUDA
-    bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
-    ``channels_last`` (default off) runs the network on channels-last tensors
-    (``benchmarks/bench_segment_precision.py`` measures layout and precision on CPU).
+    bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast);
+    ``"bf16-cpu"``: bf16 with channels-last tensors where the CPU computes bf16 natively
+    (``cpu_has_native_bf16``), else float32. ``channels_last`` (default off) runs the network on
+    channels-last tensors (``benchmarks/bench_segment_precision.py`` measures layout and precision
+    on CPU: bf16 + channels-last 2.4-2.8x faster network stages, Dice within 0.015).
     """
 
     def __init__(
@@ -197,7 +206,18 @@ class Predictor:
         self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", DEMO_VESSELNESS_SIGMAS_MM))
         self.batch_size = int(batch_size)
         if precision == "auto":
-            precision = "fp32" if self.device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            if self.device.type == "cpu":
+                precision = "fp32"
+            else:
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if precision == "bf16-cpu":
+            native = self.device.type == "cpu" and cpu_has_native_bf16()
+            precision = "bf16" if native else ("fp32" if self.device.type == "cpu" else "bf16")
+            if native and channels_last is None:
+                self.channels_last = True
+                self.model = self.model.to(memory_format=torch.channels_last_3d)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise InvalidInputError(f"precision {precision!r}: auto, bf16-cpu, fp32, bf16 or fp16")
         self.precision = precision
         self.checkpoint_info = {k: payload.get(k) for k in ("kind", "model_config", "inference", "step")}
 

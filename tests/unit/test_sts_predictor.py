@@ -289,3 +289,12 @@ def test_fitted_window_with_overlap_tiles_a_long_axis_in_as_many_smaller_windows
         assert starts[-1] + f == s and all(b - a <= 0.75 * f + 1 for a, b in zip(starts, starts[1:], strict=False))
         assert len(window_starts(s, f - 16, 0.25)) > len(starts)  # and none smaller would do
     assert fitted_window(window, (140, 146, 204), overlap=0.25) == fitted_window(window, (140, 146, 204))
+
+
+def test_bf16_cpu_precision_follows_the_cpu():
+    from hipas_core.sts.predictor import Predictor, cpu_has_native_bf16
+
+    predictor = Predictor(device="cpu", precision="bf16-cpu")
+    native = cpu_has_native_bf16()
+    assert predictor.precision == ("bf16" if native else "fp32") and predictor.channels_last is native
+    assert Predictor(device="cpu").precision == "fp32"
