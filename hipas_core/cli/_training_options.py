@@ -30,21 +30,22 @@ def add_i2sr_option(parser: argparse.ArgumentParser) -> None:
 def i2sr_model_path(args: argparse.Namespace) -> str | None:
     """The I2SR checkpoint of ``--i2sr-model`` (None for 'none'), checked before any case is
     prepared: a file that is not an I2SR checkpoint fails here, naming it."""
-    from hipas_core.i2sr import load_model
     from hipas_core.resources import shipped_model
+    from hipas_core.sts.data import loaded_i2sr_model
 
     if args.i2sr_model == "none":
         return None
-    path = args.i2sr_model or str(shipped_model("i2sr-demo.pt"))
-    load_model(path)
+    path = str(args.i2sr_model or shipped_model("i2sr-demo.pt"))
+    loaded_i2sr_model(path)
     return path
 
 
 def i2sr_record(path: str | None) -> dict | None:
     """What a checkpoint or case records of the I2SR model its thick cases went through."""
-    import hashlib
     from pathlib import Path
+
+    from hipas_core.provenance import file_sha256
 
     if path is None:
         return None
-    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    return {"file": Path(path).name, "sha256": file_sha256(path)}

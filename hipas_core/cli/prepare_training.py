@@ -80,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-def _settings(args: argparse.Namespace, **extra) -> dict:
+def _settings(args: argparse.Namespace, i2sr: str | None, **extra) -> dict:
     from hipas_core.conventions import HU_WINDOW, STANDARD_SPACING
 
     return {"vesselness_sigmas_mm": list(args.vesselness_sigmas), "margin_mm": MARGIN_MM,
             "hu_window": list(HU_WINDOW), "standard_spacing_mm": list(STANDARD_SPACING),
-            "synthetic_ncct": bool(args.synthetic_ncct), "i2sr": i2sr_record(i2sr_model_path(args)), **extra}
+            "synthetic_ncct": bool(args.synthetic_ncct), "i2sr": i2sr_record(i2sr), **extra}
 
 
 def _synthetic_ncct_sigmas(args: argparse.Namespace) -> tuple[float, ...] | None:
@@ -97,14 +97,15 @@ def _prepare_phantom(args: argparse.Namespace) -> int:
     from hipas_core.sts.prepared import write_prepared_case
 
     protocol = args.protocol or ("ncct" if args.phantom_seed % 2 else "ctpa")
+    i2sr = i2sr_model_path(args)
     case = phantom_case(args.phantom_seed, protocol=protocol, slice_thickness_mm=args.slice_thickness,
-                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), i2sr_model=i2sr_model_path(args))
+                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), i2sr_model=i2sr)
     if args.case_id:
         case.name = args.case_id
     source = {"kind": "phantom", "seed": args.phantom_seed, "size": "small", "protocol": protocol,
               "slice_thickness_mm": case.meta.get("slice_thickness_mm")}
     record = write_prepared_case(case, args.out, source=source,
-                                 settings=_settings(args, levels="phantom truth", lungs="phantom truth"),
+                                 settings=_settings(args, i2sr, levels="phantom truth", lungs="phantom truth"),
                                  synthetic_ncct_sigmas_mm=_synthetic_ncct_sigmas(args))
     print(f"{args.out}: case {record['case_id']}, {'x'.join(map(str, record['shape']))} voxels")
     return 0
@@ -114,9 +115,8 @@ def _prepare_scan(args: argparse.Namespace, case_id: str) -> None:
     import SimpleITK as sitk
 
     from hipas_core.conventions import META_SOURCE_FORMAT
-    from hipas_core.i2sr import load_model
     from hipas_core.io import read_ct, read_labels
-    from hipas_core.sts.data import prepare_case
+    from hipas_core.sts.data import loaded_i2sr_model, prepare_case
     from hipas_core.sts.prepared import check_labels_on_ct_grid, write_prepared_case
 
     ct = read_ct(args.ct, metadata_table=args.metadata_table)
@@ -133,10 +133,10 @@ def _prepare_scan(args: argparse.Namespace, case_id: str) -> None:
     i2sr = i2sr_model_path(args)
     case = prepare_case(ct, labels, extra.get("levels"), extra.get("lungs"), name=case_id,
                         vesselness_sigmas_mm=tuple(args.vesselness_sigmas), margin_mm=MARGIN_MM, meta=meta,
-                        i2sr_model=None if i2sr is None else load_model(i2sr))
+                        i2sr_model=None if i2sr is None else loaded_i2sr_model(i2sr))
     source = {"kind": ct.GetMetaData(META_SOURCE_FORMAT), "protocol": args.protocol,
               "spacing_mm": list(ct.GetSpacing()[::-1]), "size_zyx": list(ct.GetSize()[::-1])}
-    settings = _settings(args, levels="given" if args.levels else "derived (hipas_core.levels)",
+    settings = _settings(args, i2sr, levels="given" if args.levels else "derived (hipas_core.levels)",
                          lungs="given" if args.lungs else "threshold")
     record = write_prepared_case(case, args.out, source=source, settings=settings,
                                  synthetic_ncct_sigmas_mm=_synthetic_ncct_sigmas(args))

@@ -110,3 +110,16 @@ def point_segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     ab = b - a
     t = np.clip(((points - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
     return np.linalg.norm(points - (a + t[..., None] * ab), axis=-1)
+
+
+def sample_segments(a: np.ndarray, b: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points along the segments ``a[i]``-``b[i]`` ((n, 3) arrays, mm), at the centres of
+    ``ceil(length / spacing)`` (at least 1) equal pieces of each. Returns (points (m, 3), the
+    segment index of each point (m,), the length in mm of each point's piece (m,))."""
+    length = np.linalg.norm(b - a, axis=1)
+    count = np.maximum(np.ceil(length / spacing).astype(int), 1)
+    rep = np.repeat(np.arange(len(a)), count)
+    start = np.repeat(np.cumsum(count) - count, count)
+    t = (np.arange(rep.size) - start + 0.5) / count[rep]
+    points = a[rep] + t[:, None] * (b[rep] - a[rep])
+    return points, rep, length[rep] / count[rep]

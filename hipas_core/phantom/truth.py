@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hipas_core.conventions import ARTERY, DISEASE_FLAGS, TREES, VEIN
+from hipas_core.phantom.rasterize import sample_segments
 from hipas_core.phantom.vessels import VesselTree
 
 TREE_NAMES = {value: name for name, value in TREES.items()}
@@ -31,12 +32,7 @@ def tree_truth(tree: VesselTree, anatomy, grid, labels: np.ndarray, lungs: np.nd
     """Per-tree truth (see the module docstring)."""
     a, b, r, child = tree.edges()
     length = np.linalg.norm(b - a, axis=1)
-    count = np.maximum(np.ceil(length / SAMPLE_MM).astype(int), 1)
-    rep = np.repeat(np.arange(len(a)), count)
-    start = np.repeat(np.cumsum(count) - count, count)
-    t = (np.arange(rep.size) - start + 0.5) / count[rep]
-    pts = a[rep] + t[:, None] * (b[rep] - a[rep])
-    piece = length[rep] / count[rep]
+    pts, rep, piece = sample_segments(a, b, SAMPLE_MM)
     fov = _in_fov(pts, grid)
     inlung = anatomy.lung_side_points(pts) > 0
     nc = tree.n_children

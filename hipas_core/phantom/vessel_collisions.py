@@ -12,6 +12,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from hipas_core.conventions import ARTERY, VEIN
+from hipas_core.phantom.rasterize import sample_segments
 from hipas_core.phantom.vessel_cleanup import FIXED, compact, short_leaf_mask
 from hipas_core.phantom.vessel_radii import subtree_sum
 
@@ -19,13 +20,7 @@ from hipas_core.phantom.vessel_radii import subtree_sum
 def edge_samples(pos, parent, radius, spacing: float):
     """Points along every edge every ``spacing`` mm: (points, radius, child node of the edge)."""
     child = np.flatnonzero(parent >= 0)
-    a, b = pos[parent[child]], pos[child]
-    length = np.linalg.norm(b - a, axis=1)
-    count = np.maximum(np.ceil(length / spacing).astype(int), 1)
-    rep = np.repeat(np.arange(len(child)), count)
-    start = np.repeat(np.cumsum(count) - count, count)
-    t = (np.arange(rep.size) - start + 0.5) / count[rep]
-    pts = a[rep] + t[:, None] * (b[rep] - a[rep])
+    pts, rep, _ = sample_segments(pos[parent[child]], pos[child], spacing)
     return pts, radius[child[rep]], child[rep]
 
 

@@ -255,7 +255,7 @@ def phantom_case(
     use_i2sr = (i2sr_model is not None and slice_thickness_mm is not None
                 and needs_super_resolution(slice_thickness_mm, I2SR_THICKNESS_MM))
     if use_i2sr:
-        name += f"-i2sr{_file_digest(i2sr_model)[:8]}"
+        name += f"-i2sr{_file_digest(str(i2sr_model))[:8]}"
     cached = Path(cache_dir) / f"{name}.npz" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         try:
@@ -270,7 +270,7 @@ def phantom_case(
         phantom.ct, phantom.labels, phantom.levels, phantom.lungs, name=name,
         vesselness_sigmas_mm=vesselness_sigmas_mm,
         meta={"seed": seed, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
-        i2sr_model=_loaded_i2sr(str(i2sr_model)) if use_i2sr else None,
+        i2sr_model=loaded_i2sr_model(str(i2sr_model)) if use_i2sr else None,
     )
     if cached is not None:
         case.save(cached)
@@ -278,14 +278,16 @@ def phantom_case(
 
 
 @functools.lru_cache(maxsize=4)
-def _file_digest(path: str | os.PathLike) -> str:
-    import hashlib
+def _file_digest(path: str) -> str:  # once per model file and process, not once per case
+    from hipas_core.provenance import file_sha256
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 @functools.lru_cache(maxsize=2)
-def _loaded_i2sr(path: str):
+def loaded_i2sr_model(path: str):
+    """The I2SR network of checkpoint ``path``, loaded once per process (cases prepared one after
+    another share it)."""
     from hipas_core.i2sr import load_model
 
     return load_model(path)
@@ -330,7 +332,7 @@ def folder_cases(
         cases.append(prepare_case(
             ct_image, labels, sitk.ReadImage(str(lev)) if lev else None, sitk.ReadImage(str(lun)) if lun else None,
             name=name, vesselness_sigmas_mm=vesselness_sigmas_mm, meta={"path": str(ct)},
-            i2sr_model=None if i2sr_model is None else _loaded_i2sr(str(i2sr_model)),
+            i2sr_model=None if i2sr_model is None else loaded_i2sr_model(str(i2sr_model)),
         ))
     return cases
 

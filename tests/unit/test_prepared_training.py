@@ -398,8 +398,12 @@ def test_thick_cases_go_through_the_i2sr_model_segment_uses(tmp_path, hipas):
     thin = phantom_case(SEED, protocol="ncct", i2sr_model=model)  # thin slices: no I2SR, the plain cache name
     assert thin.meta["z_method"] == "linear" and not thin.name.endswith(digest[:8])
 
-    folder = tmp_path / "thick"
-    hipas("prepare-training", "--phantom-seed", "3", "--slice-thickness", "3", "--out", folder, check=True)
+    folder = tmp_path / "thick"  # one thread, as in this process: I2SR's sums in the same order
+    exe = Path(sys.executable).parent / "hipas"
+    result = subprocess.run([str(exe), "prepare-training", "--phantom-seed", "3", "--slice-thickness", "3",
+                             "--out", str(folder)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
     record = json.loads((folder / "case.json").read_text())
     assert record["settings"]["i2sr"] == {"file": "i2sr-demo.pt", "sha256": digest}
     assert np.array_equal(load_prepared_case(folder).image, through_i2sr.image)
