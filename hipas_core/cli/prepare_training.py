@@ -3,7 +3,8 @@
     hipas prepare-training --ct CT --labels LABELS --out DIR [--case-id ID] [--protocol ncct|ctpa]
                            [--levels L] [--lungs M] [--metadata-table CSV] [--synthetic-ncct]
                            [--exclude-invalid]
-    hipas prepare-training --phantom-seed N [--protocol ncct|ctpa] [--slice-thickness MM] --out DIR
+    hipas prepare-training --phantom-seed N [--protocol ncct|ctpa] [--slice-thickness MM]
+                           [--phantom-size small|full] --out DIR
 
 CT: a NIfTI/NRRD/MHA file, a DICOM folder, or a HiPaS ``ct_scan/NNN.npz`` (with labels
 ``annotation/artery/NNN.npz``, the vein mask read beside it; spacing from ``--metadata-table``);
@@ -11,8 +12,8 @@ labels: 0 background, 1 artery, 2 vein on the CT's grid. The case goes through
 ``hipas_core.sts.data.prepare_case`` (standardized grid, lung crop, HU window, vesselness at
 ``--vesselness-sigmas``, levels from the labels unless ``--levels`` is given, territories,
 weights) and is written as the case folder DIR (``hipas_core.sts.prepared``: one ``.npy`` per
-array + ``case.json``), atomically. A phantom is the small phantom of ``hipas phantom --seed N``
-(protocol default: odd seeds NCCT, even CTPA), prepared exactly as ``hipas train`` prepares it.
+array + ``case.json``), atomically. A phantom is the phantom of ``hipas phantom --seed N`` (small unless
+``--phantom-size full``; protocol default: odd seeds NCCT, even CTPA), prepared exactly as ``hipas train`` prepares it.
 Slices thicker than 2 mm go through I2SR (``--i2sr-model``, default the shipped ``i2sr-demo.pt``,
 as ``hipas segment``; ``none``: trilinear z), so a network trains on the input it will see.
 ``--synthetic-ncct``: a CTPA case also stores the input channels of its synthetic non-contrast
@@ -45,6 +46,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("ncct", "ctpa"),
                         help="acquisition protocol (phantoms: default odd seeds ncct, even ctpa; scans: recorded)")
     parser.add_argument("--slice-thickness", type=float, metavar="MM", help="phantom slice thickness (default: the seed's)")
+    parser.add_argument("--phantom-size", choices=("small", "full"), default="small",
+                        help="phantom size: small (reduced chest, default) or full (adult chest, 512 matrix)")
     parser.add_argument("--case-id", help="case id (default: the CT's file name, or the phantom's cache name)")
     parser.add_argument("--vesselness-sigmas", type=float, nargs="+", default=DEMO_VESSELNESS_SIGMAS_MM,
                         help="vesselness scales (mm)")
@@ -67,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         if args.ct or args.labels or args.levels or args.lungs:
             raise InvalidInputError("--phantom-seed prepares a phantom: give no --ct, --labels, --levels or --lungs")
         return _prepare_phantom(args)
-    if args.slice_thickness is not None:
-        raise InvalidInputError("--slice-thickness applies to --phantom-seed only")
+    if args.slice_thickness is not None or args.phantom_size != "small":
+        raise InvalidInputError("--slice-thickness and --phantom-size apply to --phantom-seed only")
     if not args.ct or not args.labels:
         raise InvalidInputError("give --ct and --labels (or --phantom-seed)")
     case_id = args.case_id or default_scan_id(args.ct)
@@ -99,10 +102,10 @@ def _prepare_phantom(args: argparse.Namespace) -> int:
     protocol = args.protocol or ("ncct" if args.phantom_seed % 2 else "ctpa")
     i2sr = i2sr_model_path(args)
     case = phantom_case(args.phantom_seed, protocol=protocol, slice_thickness_mm=args.slice_thickness,
-                        vesselness_sigmas_mm=tuple(args.vesselness_sigmas), i2sr_model=i2sr)
+                        size=args.phantom_size, vesselness_sigmas_mm=tuple(args.vesselness_sigmas), i2sr_model=i2sr)
     if args.case_id:
         case.name = args.case_id
-    source = {"kind": "phantom", "seed": args.phantom_seed, "size": "small", "protocol": protocol,
+    source = {"kind": "phantom", "seed": args.phantom_seed, "size": args.phantom_size, "protocol": protocol,
               "slice_thickness_mm": case.meta.get("slice_thickness_mm")}
     record = write_prepared_case(case, args.out, source=source,
                                  settings=_settings(args, i2sr, levels="phantom truth", lungs="phantom truth"),

@@ -17,7 +17,8 @@ such as the workflow's ``results/training_set``, uses it; a folder of cases: all
 step, loss, validation Dice, patches/s, data-wait fraction).
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
-(``hipas_core.sts.data.phantom_plan``). ``--resume`` continues from CKPT.pt's saved state.
+(``hipas_core.sts.data.phantom_plan``); ``--full-phantom-seeds`` adds full-size phantoms (adult
+chests, as real scans are), planned the same way. ``--resume`` continues from CKPT.pt's saved state.
 ``--domain-randomization default`` randomizes the patches' appearance (``hipas_core.sts.
 randomization``), so that weights trained on phantoms depend less on how phantoms look (meant
 for real CT); its settings are stored in the checkpoint's training config.
@@ -50,6 +51,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
     parser.add_argument("--baseline", action="store_true", help="train the single-stage U-Net baseline (plain Dice)")
     parser.add_argument("--phantom-seeds", default="1-12", help="training phantom seeds, e.g. 1-12 (default)")
+    parser.add_argument("--full-phantom-seeds", metavar="SEEDS",
+                        help="full-size phantom seeds (adult chest, 512 matrix) added to the training phantoms, "
+                        "e.g. 201-208 (planned as --phantom-seeds: odd NCCT, even CTPA, second half thick); "
+                        "default none")
     parser.add_argument("--val-seeds", default="501-502", help="validation phantom seeds (default 501-502)")
     parser.add_argument("--data", help="folder of real annotated scans instead of phantoms")
     parser.add_argument("--prepared", metavar="MANIFEST_OR_DIR",
@@ -243,6 +248,8 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         raise InvalidInputError("give --data or --prepared, not both")
     if args.workers and not args.prepared:
         raise InvalidInputError("--workers applies to --prepared")
+    if args.full_phantom_seeds and (args.data or args.prepared):
+        raise InvalidInputError("--full-phantom-seeds adds phantoms to --phantom-seeds: not with --data or --prepared")
     if args.prepared:
         cases, val_cases, description, patch_source = _prepared_set(args)
     elif args.data:
@@ -254,12 +261,16 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         i2sr = i2sr_model_path(args)
         train_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.phantom_seeds))
         val_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.val_seeds))
-        cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
-                                       vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in train_plan]
+        full_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.full_phantom_seeds)) if args.full_phantom_seeds else []
+        cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, size=size, cache_dir=args.cache,
+                                       vesselness_sigmas_mm=sigmas, i2sr_model=i2sr)
+                 for size, plan in (("small", train_plan), ("full", full_plan)) for s, p, t in plan]
         val_cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
                                            vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in val_plan]
         description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan},
                        "i2sr": i2sr_record(i2sr)}
+        if full_plan:
+            description["phantoms"]["full_size_train"] = full_plan
     cascade_config = CascadeConfig(stage=StageConfig(width=args.width, blocks_per_level=tuple(args.blocks)),
                                    stage_blocks=_stage_blocks(args.stage_blocks, CascadeConfig().stages))
     if args.stage_blocks and args.baseline:

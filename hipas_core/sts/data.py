@@ -238,11 +238,13 @@ def phantom_case(
     *,
     protocol: str,
     slice_thickness_mm: float | None = None,
+    size: str = "small",
     cache_dir: str | os.PathLike | None = None,
     vesselness_sigmas_mm: Sequence[float] = DEMO_VESSELNESS_SIGMAS_MM,
     i2sr_model: str | os.PathLike | None = None,
 ) -> TrainingCase:
-    """A small phantom (``hipas_core.phantom``) as a training case, cached under ``cache_dir``.
+    """A phantom (``hipas_core.phantom``; ``size`` "small", the reduced chest, or "full", an
+    adult chest on a 512 matrix) as a training case, cached under ``cache_dir``.
 
     ``i2sr_model``: an I2SR checkpoint that thick slices (> 2 mm) go through, as ``hipas segment``
     normalizes them; the cache name then carries the first 8 hex digits of its SHA-256
@@ -251,7 +253,8 @@ def phantom_case(
 
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
-    name = f"phantom-{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
+    size_tag = "" if size == "small" else f"{size}-"  # small names as before: existing caches stay valid
+    name = f"phantom-{size_tag}{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
     use_i2sr = (i2sr_model is not None and slice_thickness_mm is not None
                 and needs_super_resolution(slice_thickness_mm, I2SR_THICKNESS_MM))
     if use_i2sr:
@@ -264,12 +267,12 @@ def phantom_case(
             cached.unlink()
     from hipas_core.phantom import PhantomSpec, generate_phantom
 
-    spec = PhantomSpec.from_seed(seed, size="small", protocol=protocol, slice_thickness_mm=slice_thickness_mm)
+    spec = PhantomSpec.from_seed(seed, size=size, protocol=protocol, slice_thickness_mm=slice_thickness_mm)
     phantom = generate_phantom(spec)
     case = prepare_case(
         phantom.ct, phantom.labels, phantom.levels, phantom.lungs, name=name,
         vesselness_sigmas_mm=vesselness_sigmas_mm,
-        meta={"seed": seed, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
+        meta={"seed": seed, "size": size, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
         i2sr_model=loaded_i2sr_model(str(i2sr_model)) if use_i2sr else None,
     )
     if cached is not None:

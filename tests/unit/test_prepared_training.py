@@ -410,3 +410,17 @@ def test_thick_cases_go_through_the_i2sr_model_segment_uses(tmp_path, hipas):
     refused = hipas("prepare-training", "--phantom-seed", "3", "--i2sr-model", tmp_path / "missing.pt",
                     "--out", tmp_path / "no")
     assert refused.returncode == 2 and "missing.pt" in refused.stderr and not (tmp_path / "no").exists()
+
+
+def test_full_size_phantom_options_are_refused_where_they_do_not_apply(tmp_path, tube_folders, capsys):
+    ct = _nifti(tmp_path / "ct.nii.gz", np.full((20, 32, 32), -800, np.int16))
+    code = hipas_main(["prepare-training", "--ct", str(ct), "--labels", str(ct), "--phantom-size", "full",
+                       "--out", str(tmp_path / "case")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--phantom-size" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "case").exists()
+    code = hipas_main(["train", "--prepared", str(tube_folders[0].parent), "--full-phantom-seeds", "201-202",
+                       "--out", str(tmp_path / "x.pt"), "--patch", "16", "32", "32", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--full-phantom-seeds" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
