@@ -4,13 +4,13 @@ Builds its own input (``hipas phantom --size full --seed 4``: 512 x 512 in-plane
 written once to the work folder), then runs ``hipas segment --device cpu`` in a fresh process per
 run under ``/usr/bin/time -v`` and prints wall time, user and system CPU time, peak RSS and minor
 page faults: median (min-max) over ``--repeats`` runs. The obvious alternatives run in the same
-session: ``bf16``, the same command with ``--precision bf16-cpu`` (bf16 + channels-last on a CPU
-with native bf16), and ``default``, the same command with glibc's default
+session: ``fp32``, the same command with ``--precision fp32`` (the default ``auto`` runs bf16 +
+channels-last on a CPU with native bf16), and ``default``, the default command with glibc's default
 allocator thresholds (``HIPAS_MALLOC_TUNING=0``, ``hipas_core.allocator``), which hands every
 large freed block back to the kernel and faults it in again on the next allocation.
 
     .venv/bin/python benchmarks/bench_segment_cpu.py [--repeats 3] [--threads 2] [--model M]
-                                                     [--only tuned bf16 default] [--work DIR]
+                                                     [--only tuned fp32 default] [--work DIR]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=4, help="full phantom seed (4: 1.25 mm slices)")
     parser.add_argument("--model", default=str(REPO / "models" / "sts-demo.pt"))
-    parser.add_argument("--only", nargs="+", choices=("tuned", "bf16", "default"), help="run these settings only")
+    parser.add_argument("--only", nargs="+", choices=("tuned", "fp32", "default"), help="run these settings only")
     parser.add_argument("--work", help="folder for the phantom (default: a temporary folder, removed)")
     args = parser.parse_args()
     if not shutil.which("/usr/bin/time"):
@@ -67,7 +67,7 @@ def main() -> int:
                            check=True, capture_output=True)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         tuned = {**base_env, "HIPAS_MALLOC_TUNING": "1"}
-        settings = {"tuned": (tuned, []), "bf16": (tuned, ["--precision", "bf16-cpu"]),
+        settings = {"tuned": (tuned, []), "fp32": (tuned, ["--precision", "fp32"]),
                     "default": ({**base_env, "HIPAS_MALLOC_TUNING": "0"}, [])}
         if args.only:
             settings = {name: settings[name] for name in args.only}

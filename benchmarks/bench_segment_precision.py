@@ -1,5 +1,5 @@
 """CPU inference layout and precision: the same scans segmented with float32 channels-first (the
-CPU default), float32 channels-last, and bf16 autocast channels-last (oneDNN uses AMX /
+default on a CPU without native bf16), float32 channels-last, and bf16 autocast channels-last (oneDNN uses AMX /
 AVX-512 BF16 where the CPU has them).
 
 Builds its own inputs: small held-out phantoms (default seeds 1001 NCCT thin and 1010 CTPA 2.5 mm,

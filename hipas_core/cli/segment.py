@@ -46,10 +46,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, help="sliding-window overlap fraction (default: the model's)")
     parser.add_argument("--window-batch", type=int, default=1, help="windows per forward pass (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--precision", choices=("auto", "bf16-cpu", "fp32", "bf16", "fp16"), default="auto",
-                        help="network arithmetic (default auto: float32 on a CPU, bf16 on CUDA where supported, else "
-                        "fp16); bf16-cpu: bf16 + channels-last where the CPU has native bf16 (2.4-2.8x faster "
-                        "network on this project's CPU, Dice within 0.015; benchmarks/bench_segment_cpu.py)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="network arithmetic (default auto: on a CPU with native bf16, bf16 + channels-last, "
+                        "2.4-2.8x faster than float32 with Dice within 0.015, benchmarks/bench_segment_cpu.py; "
+                        "float32 on other CPUs; on CUDA bf16 where supported, else fp16)")
     parser.add_argument("--keep-outside-cavity", action="store_true",
                         help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
     parser.add_argument("--branch-consistent", action=argparse.BooleanOptionalAction, default=None,

@@ -20,6 +20,7 @@ The vessel mask itself is unchanged; only the artery/vein split moves.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,18 +39,20 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     box = ndimage.find_objects(vessel.astype(np.uint8))[0]
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     vessel = vessel[box]
-    skeleton, junctions, branch_id, owner = skeleton_branches(vessel)
-    if branch_id.max() == 0:
+    skeleton = skeleton_branches(vessel)
+    if skeleton.branch_count == 0:
         return out
-    artery_p = np.asarray(probabilities[0][box], dtype=np.float64)[vessel]
-    vein_p = np.asarray(probabilities[1][box], dtype=np.float64)[vessel]
+    # only the vessel voxels' probabilities, in float64 (not a float64 copy of the whole box)
+    artery_p = np.asarray(probabilities[0][box][vessel], dtype=np.float64)
+    vein_p = np.asarray(probabilities[1][box][vessel], dtype=np.float64)
     share = artery_p / np.maximum(artery_p + vein_p, 1e-9)  # q_v
-    count = int(branch_id.max()) + 1
+    owner = skeleton.owner
+    count = skeleton.branch_count + 1
     cost_vein = np.bincount(owner, weights=share, minlength=count)  # cost of calling the branch vein
     cost_artery = np.bincount(owner, weights=1.0 - share, minlength=count)
     is_artery = cost_vein >= cost_artery
     if coupling > 0:
-        pairs = _parent_pairs(_junction_pairs(skeleton, junctions, branch_id), vessel, branch_id)
+        pairs = _parent_pairs(skeleton.junction_pairs(), vessel, skeleton)
         if len(pairs):
             size = np.bincount(owner, minlength=count)
             weights = coupling * np.minimum(size[pairs[:, 0]], size[pairs[:, 1]])
@@ -60,51 +63,107 @@ def branch_consistent_labels(probabilities, labels: np.ndarray, *, coupling: flo
     return out
 
 
-def skeleton_branches(vessel: np.ndarray):
-    """The vessel skeleton of a (Z, Y, X) bool mask cut at its junctions into branches:
-    ``(skeleton, junctions, branch_id, owner)``: skeleton and junction voxels (bool), the
-    branch number of each branch voxel (int64, 0 elsewhere), and for each vessel voxel (in
-    ``vessel[vessel]`` order) the number of its nearest branch (all 0 when there is no branch)."""
+_OFFSETS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                     if (dz, dy, dx) != (0, 0, 0)], dtype=np.int64)
+
+
+def _around(array: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 26) values of ``array`` at the 26 neighbours of ``points`` ((N, 3) indices), 0 outside."""
+    shifted = points[:, None, :] + _OFFSETS[None, :, :]
+    upper = np.array(array.shape, dtype=np.int64) - 1
+    inside = ((shifted >= 0) & (shifted <= upper)).all(axis=2)
+    np.clip(shifted, 0, upper, out=shifted)
+    values = array[shifted[..., 0], shifted[..., 1], shifted[..., 2]]
+    values[~inside] = 0
+    return values
+
+
+@dataclass
+class SkeletonBranches:
+    """The vessel skeleton cut at its junctions into branches (``skeleton_branches``).
+
+    ``points``: (N, 3) int64 indices of the skeleton voxels (C order); ``junction``: bool per
+    point (three or more skeleton neighbours); ``branch``: the branch number of each point (0
+    for the points within one voxel of a junction, which belong to no branch); ``owner``: for
+    each vessel voxel (in ``vessel[vessel]`` order) the number of its nearest branch (all 0 when
+    there is no branch); ``shape``: the mask's shape."""
+
+    points: np.ndarray
+    junction: np.ndarray
+    branch: np.ndarray
+    owner: np.ndarray
+    shape: tuple[int, int, int]
+
+    @property
+    def branch_count(self) -> int:
+        return int(self.branch.max()) if len(self.branch) else 0
+
+    def junction_pairs(self) -> np.ndarray:
+        """(M, 2) int array of branch numbers that touch the same junction cluster (a connected
+        group of skeleton voxels within one voxel of a junction), each pair once, sorted."""
+        import cc3d
+
+        zone = np.zeros(self.shape, dtype=bool)
+        zone_points = self.points[self.branch == 0]
+        zone[tuple(zone_points.T)] = True
+        cluster = cc3d.connected_components(zone, connectivity=26)
+        del zone
+        on_branch = self.branch > 0
+        reach = _around(cluster, self.points[on_branch]).max(axis=1).astype(np.int64)  # 3x3x3 grey dilation, at branch voxels
+        at = reach > 0
+        touching = np.unique(np.stack([reach[at], self.branch[on_branch][at]], axis=1), axis=0)  # sorted by cluster
+        starts = np.unique(touching[:, 0], return_index=True)[1]
+        pairs = {pair for members in np.split(touching[:, 1], starts[1:])
+                 for pair in itertools.combinations(members.tolist(), 2)}
+        return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def skeleton_branches(vessel: np.ndarray) -> SkeletonBranches:
+    """The skeleton of a (Z, Y, X) bool mask (``skimage.morphology.skeletonize``) cut at its
+    junctions into branches (26-connected runs of skeleton voxels more than one voxel from a
+    junction), and each vessel voxel's nearest branch (Euclidean, in voxels). Works on the
+    skeleton's voxel list, so no full-size neighbour counts, dilations or distance-transform
+    index arrays are made."""
     import cc3d
-    from scipy import ndimage
+    from scipy.spatial import cKDTree
     from skimage.morphology import skeletonize
 
     skeleton = skeletonize(vessel)
-    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
-    junctions = skeleton & (neighbours >= 4)  # itself and three or more neighbours
-    branches = skeleton & ~ndimage.binary_dilation(junctions, structure=np.ones((3, 3, 3), bool))
-    branch_id = cc3d.connected_components(branches, connectivity=26).astype(np.int64)
-    if branch_id.max() == 0:
-        return skeleton, junctions, branch_id, np.zeros(int(vessel.sum()), dtype=np.int64)
-    nearest = ndimage.distance_transform_edt(branch_id == 0, return_distances=False, return_indices=True)
-    return skeleton, junctions, branch_id, branch_id[tuple(nearest)][vessel]
+    points = np.argwhere(skeleton)
+    junction = _around(skeleton, points).sum(axis=1) >= 3
+    near_junction = _around(_points_mask(points[junction], vessel.shape), points).any(axis=1) | junction
+    branches = np.zeros(vessel.shape, dtype=bool)
+    branches[tuple(points[~near_junction].T)] = True
+    branch_id = cc3d.connected_components(branches, connectivity=26)
+    branch = branch_id[tuple(points.T)].astype(np.int64)
+    del branch_id, branches
+    vessel_points = np.argwhere(vessel)
+    if not branch.any():
+        owner = np.zeros(len(vessel_points), dtype=np.int64)
+    else:
+        on_branch = branch > 0
+        _, nearest = cKDTree(points[on_branch]).query(vessel_points, k=1)
+        owner = branch[on_branch][nearest]
+    return SkeletonBranches(points=points, junction=junction, branch=branch, owner=owner, shape=vessel.shape)
 
 
-def _junction_pairs(skeleton: np.ndarray, junctions: np.ndarray, branch_id: np.ndarray) -> np.ndarray:
-    """(N, 2) int array of branch ids that touch the same junction cluster (each pair once)."""
-    import cc3d
-    from scipy import ndimage
-
-    zone = skeleton & ndimage.binary_dilation(junctions, structure=np.ones((3, 3, 3), bool))
-    cluster = cc3d.connected_components(zone, connectivity=26).astype(np.int64)
-    reach = ndimage.grey_dilation(cluster, size=(3, 3, 3))
-    at = (branch_id > 0) & (reach > 0)
-    touching = np.unique(np.stack([reach[at], branch_id[at]], axis=1), axis=0)  # sorted by cluster
-    starts = np.unique(touching[:, 0], return_index=True)[1]
-    pairs = {pair for members in np.split(touching[:, 1], starts[1:])
-             for pair in itertools.combinations(members.tolist(), 2)}
-    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+def _points_mask(points: np.ndarray, shape) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(points.T)] = True
+    return mask
 
 
-def _parent_pairs(pairs: np.ndarray, vessel: np.ndarray, branch_id: np.ndarray) -> np.ndarray:
+def _parent_pairs(pairs: np.ndarray, vessel: np.ndarray, skeleton: SkeletonBranches) -> np.ndarray:
     """(child, parent) pairs: each branch with its thickest junction neighbour, when thicker."""
     import edt
 
     depth = edt.edt(vessel, black_border=True, parallel=1)
-    on = branch_id > 0
-    count = int(branch_id.max()) + 1
-    radius = np.bincount(branch_id[on], weights=depth[on], minlength=count) / np.maximum(
-        np.bincount(branch_id[on], minlength=count), 1)
+    on = skeleton.branch > 0
+    count = skeleton.branch_count + 1
+    depth_on = depth[tuple(skeleton.points[on].T)].astype(np.float64)
+    del depth
+    ids = skeleton.branch[on]
+    radius = np.bincount(ids, weights=depth_on, minlength=count) / np.maximum(np.bincount(ids, minlength=count), 1)
     best = np.zeros(count, dtype=np.int64)
     for a, b in np.concatenate([pairs, pairs[:, ::-1]]):
         if radius[b] > radius[a] and (best[a] == 0 or radius[b] > radius[best[a]]):

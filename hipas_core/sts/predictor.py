@@ -9,7 +9,8 @@ the lungs' per-slice convex hull widened by 3 mm, which holds the mediastinum, h
 vessels; a pulmonary vessel cannot lie elsewhere), probabilities mapped back to the input grid
 linearly, per-class thresholds, artery and vein made exclusive (where both pass, the larger
 probability wins; ties go to artery).
-CPU runs in float32; CUDA under autocast (bf16 where supported, else fp16).
+A CPU with native bf16 runs the network in bf16 on channels-last tensors, another CPU in float32;
+CUDA under autocast (bf16 where supported, else fp16).
 Progress (``hipas_core.progress``): each cascade stage counts its windows (a bar on a terminal,
 ``... STS stage 2/4: windows k/N (s)`` lines otherwise) and every other step of a scan
 (normalize, lung box, vesselness, branch labels, mapping back) reports a line when done.
@@ -150,10 +151,10 @@ class Predictor:
     ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
     in both grids follow. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
-    else log lines; ``"off"`` for none). ``precision``: ``"auto"`` (float32 on CPU; on CUDA
-    bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast);
-    ``"bf16-cpu"``: bf16 with channels-last tensors where the CPU computes bf16 natively
-    (``cpu_has_native_bf16``), else as ``"auto"``. ``channels_last`` (default off) runs the network on
+    else log lines; ``"off"`` for none). ``precision``: ``"auto"`` (on a CPU that computes
+    bf16 natively, ``cpu_has_native_bf16``, bf16 with channels-last tensors, else float32; on
+    CUDA bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+    ``channels_last`` (default: on where ``"auto"`` chose bf16 on a CPU) runs the network on
     channels-last tensors (``benchmarks/bench_segment_precision.py`` measures layout and precision
     on CPU: bf16 + channels-last 2.4-2.8x faster network stages, Dice within 0.015).
     """
@@ -201,16 +202,14 @@ class Predictor:
                                      else branch_coupling)
         self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", DEMO_VESSELNESS_SIGMAS_MM))
         self.batch_size = int(batch_size)
-        native_bf16 = precision == "bf16-cpu" and self.device.type == "cpu" and cpu_has_native_bf16()
-        if precision == "bf16-cpu":
-            precision = "bf16" if native_bf16 else "auto"
+        native_bf16 = precision == "auto" and self.device.type == "cpu" and cpu_has_native_bf16()
         if precision == "auto":
             if self.device.type == "cpu":
-                precision = "fp32"
+                precision = "bf16" if native_bf16 else "fp32"
             else:
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if precision not in ("fp32", "bf16", "fp16"):
-            raise InvalidInputError(f"precision {precision!r}: auto, bf16-cpu, fp32, bf16 or fp16")
+            raise InvalidInputError(f"precision {precision!r}: auto, fp32, bf16 or fp16")
         # channels-last tensors (oneDNN's 3D convolutions on CPU; same values to float rounding)
         self.channels_last = native_bf16 if channels_last is None else bool(channels_last)
         if self.channels_last:

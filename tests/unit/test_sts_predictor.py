@@ -291,10 +291,11 @@ def test_fitted_window_with_overlap_tiles_a_long_axis_in_as_many_smaller_windows
     assert fitted_window(window, (140, 146, 204), overlap=0.25) == fitted_window(window, (140, 146, 204))
 
 
-def test_bf16_cpu_precision_follows_the_cpu():
+def test_auto_precision_follows_the_cpu():
     from hipas_core.sts.predictor import Predictor, cpu_has_native_bf16
 
-    predictor = Predictor(device="cpu", precision="bf16-cpu")
+    predictor = Predictor(device="cpu")
     native = cpu_has_native_bf16()
     assert predictor.precision == ("bf16" if native else "fp32") and predictor.channels_last is native
-    assert Predictor(device="cpu").precision == "fp32"
+    fp32 = Predictor(device="cpu", precision="fp32")
+    assert fp32.precision == "fp32" and not fp32.channels_last
