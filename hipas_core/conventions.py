@@ -149,6 +149,8 @@ META_SOURCE_FORMAT = "hipas_source_format"
 META_SLICE_THICKNESS = "hipas_slice_thickness_mm"
 META_SPACING_ASSUMED = "hipas_spacing_assumed"
 META_SPACING_SOURCE = "hipas_spacing_source"
+MIN_SLICES = 16
+"""Fewer slices than this is not a chest CT volume (every reader refuses it)."""
 
 # ---- networks ------------------------------------------------------------------------------------
 DEMO_VESSELNESS_SIGMAS_MM: tuple[float, ...] = (0.7, 1.5)
