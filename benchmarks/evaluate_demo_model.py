@@ -56,7 +56,8 @@ def main() -> int:
     import torch
 
     from hipas_core.atomic import write_text
-    from hipas_core.metrics import evaluate_labels, paired_comparison, summarize
+    from hipas_core.metric_summary import paired_comparison, summarize
+    from hipas_core.metrics import evaluate_labels
     from hipas_core.resources import shipped_model
     from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor

@@ -47,9 +47,10 @@ Definitions
   skeleton metrics (TD, BD, SL, BC) are computed in the standardized grid like the paper's, the
   voxel metrics (DSC, SEN, SPE, MCS, HD95, AUC) in the input grid.
 
-Cohort summary: mean, sd and a t-based 95 % CI (mean +- t(0.975, n-1) sd / sqrt(n)) per metric,
-tree and region, NaN values left out (n says how many were used). Paired comparison of two
-methods: Wilcoxon signed-rank test on scans present in both (scipy, two-sided).
+Cohort summary (``hipas_core.metric_summary``): mean, sd and a t-based 95 % CI (mean +- t(0.975,
+n-1) sd / sqrt(n)) per metric, tree and region, NaN values left out (n says how many were used).
+Paired comparison of two methods: Wilcoxon signed-rank test on scans present in both (scipy,
+two-sided). The voxel metrics themselves are in ``hipas_core.voxel_metrics``.
 """
 
 from __future__ import annotations
@@ -60,13 +61,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from hipas_core.conventions import (
-    ARTERY,
     STANDARD_SPACING,
     TREES,
-    VEIN,
     bounding_box,
-    bounding_slices,
     is_standard_spacing,
+)
+from hipas_core.voxel_metrics import (
+    auc,
+    confusion_counts,
+    hd95,
+    misclassification_score,
+    safe_ratio,
 )
 
 DETECTION_FRACTION = 0.8
@@ -82,124 +87,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "sl_ratio",
     "bc_ratio",
 )
-
-
-# ----------------------------------------------------------------------------------------------
-# voxel metrics
-
-
-def confusion_counts(
-    pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None
-) -> dict[str, int]:
-    """TP, FP, FN, TN of two boolean masks, counted inside ``region`` (all voxels when None)."""
-    pred = np.asarray(pred, bool)
-    truth = np.asarray(truth, bool)
-    if region is not None:
-        region = np.asarray(region, bool)
-        pred, truth = pred[region], truth[region]
-    tp = int(np.count_nonzero(pred & truth))
-    fp = int(np.count_nonzero(pred)) - tp
-    fn = int(np.count_nonzero(truth)) - tp
-    tn = int(pred.size) - tp - fp - fn
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den > 0 else math.nan
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """DSC of two boolean masks; NaN when both are empty."""
-    c = confusion_counts(pred, truth)
-    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
-
-
-def misclassification_score(
-    pred_labels: np.ndarray, truth_labels: np.ndarray, region: np.ndarray | None = None
-) -> float:
-    """MCS = 2 (|P_A n T_V| + |P_V n T_A|) / (|P_A| + |P_V| + |T_A| + |T_V|) (module docstring)."""
-    pred = np.asarray(pred_labels)
-    truth = np.asarray(truth_labels)
-    if region is not None:
-        region = np.asarray(region, bool)
-        pred, truth = pred[region], truth[region]
-    cross = np.count_nonzero((pred == ARTERY) & (truth == VEIN)) + np.count_nonzero(
-        (pred == VEIN) & (truth == ARTERY)
-    )
-    total = np.count_nonzero((pred == ARTERY) | (pred == VEIN)) + np.count_nonzero(
-        (truth == ARTERY) | (truth == VEIN)
-    )
-    return _ratio(2 * cross, total)
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    interior = ndi.binary_erosion(
-        mask, structure=ndi.generate_binary_structure(3, 1), border_value=0
-    )
-    return mask & ~interior
-
-
-def surface_distances(
-    a: np.ndarray, b: np.ndarray, *, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Directed surface distances (mm): from each surface voxel of ``a`` to the surface of ``b``,
-    and from ``b`` to ``a``. Both masks must be non-empty. Computed in the joint bounding box
-    (padded), so the cost follows the objects' extent, not the volume's."""
-    from scipy import ndimage as ndi
-
-    a = np.asarray(a, bool)
-    b = np.asarray(b, bool)
-    box = bounding_slices(a | b, pad=1)
-    # outside the box both masks are empty, so surfaces and distances in the crop are exact (a crop
-    # edge on the volume border keeps the border as outside)
-    sa, sb = _surface(a[box]), _surface(b[box])
-    dist_to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
-    dist_to_a = ndi.distance_transform_edt(~sa, sampling=spacing)
-    return dist_to_b[sa], dist_to_a[sb]
-
-
-def hd95(pred: np.ndarray, truth: np.ndarray, *, spacing: Sequence[float]) -> float:
-    """Symmetric 95 % Hausdorff distance in mm (module docstring); NaN if either mask is empty."""
-    pred = np.asarray(pred, bool)
-    truth = np.asarray(truth, bool)
-    if not pred.any() or not truth.any():
-        return math.nan
-    d_pt, d_tp = surface_distances(pred, truth, spacing=spacing)
-    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
-
-
-def auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve = P(score_pos > score_neg) + P(tie) / 2, exact; NaN when one class
-    is absent."""
-    scores = np.asarray(scores).ravel()
-    positive = np.asarray(positive, bool).ravel()
-    n_pos = int(np.count_nonzero(positive))
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    values, inverse = np.unique(scores, return_inverse=True)
-    pos = np.bincount(inverse, weights=positive, minlength=len(values))
-    neg = np.bincount(inverse, minlength=len(values)) - pos
-    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-    return float((pos * (neg_below + 0.5 * neg)).sum() / (float(n_pos) * float(n_neg)))
-
-
-def probabilities_from_array(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(2, z, y, x) float32 (artery, vein) from an array read from a probability image: either
-    channels last (SimpleITK vector image, (z, y, x, 2)) or first ((2, z, y, x), a 4D image)."""
-    array = np.asarray(array)
-    shape = tuple(int(n) for n in shape)
-    if array.shape == (*shape, 2):
-        array = np.moveaxis(array, -1, 0)
-    elif array.shape != (2, *shape):
-        raise ValueError(
-            f"probabilities of shape {array.shape} do not match labels {shape} with 2 channels"
-        )
-    if not np.all(np.isfinite(array)):
-        raise ValueError("probabilities hold NaN or infinite values")
-    return array.astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,8 +148,8 @@ def detected_ratios(
             n_branches += 1
             n_detected += int(hit)
     return {
-        "td": _ratio(detected_len, total_len),
-        "bd": _ratio(n_detected, n_branches),
+        "td": safe_ratio(detected_len, total_len),
+        "bd": safe_ratio(n_detected, n_branches),
         "ref_length_mm": total_len,
         "detected_length_mm": detected_len,
         "ref_branches": n_branches,
@@ -342,9 +229,9 @@ def evaluate_labels(
                 "scan_id": scan_id,
                 "tree": tree,
                 "region": region_name,
-                "dsc": _ratio(2 * counts["tp"], 2 * counts["tp"] + counts["fp"] + counts["fn"]),
-                "sensitivity": _ratio(counts["tp"], counts["tp"] + counts["fn"]),
-                "specificity": _ratio(counts["tn"], counts["tn"] + counts["fp"]),
+                "dsc": safe_ratio(2 * counts["tp"], 2 * counts["tp"] + counts["fp"] + counts["fn"]),
+                "sensitivity": safe_ratio(counts["tp"], counts["tp"] + counts["fn"]),
+                "specificity": safe_ratio(counts["tn"], counts["tn"] + counts["fp"]),
                 "mcs": mcs if tree == "vessels" else math.nan,
                 "hd95_mm": hd95(p_in, t_in, spacing=spacing),
                 "auc": math.nan
@@ -430,7 +317,7 @@ def _per_region(branch_list, mask, regions, pred_m, truth_m, trees, largest_comp
         figures = detected_ratios(branch_list, mask, region=region)
         prefix = "total_" if region_name == "whole" else ""
         for ratio, key in (("sl_ratio", f"{prefix}sl_vox"), ("bc_ratio", f"{prefix}bc")):
-            figures[ratio] = _ratio(
+            figures[ratio] = safe_ratio(
                 sum(pred_m[t][key] for t in trees), sum(truth_m[t][key] for t in trees)
             )
         result[(name, region_name)] = figures
@@ -459,78 +346,3 @@ def _to_standard_grid(pred, truth, lung, spacing):
         sitk.GetArrayFromImage(truth_img),
         None if lung is None else sitk.GetArrayFromImage(lung_std),
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# cohort
-
-
-def summarize(frame, *, metrics: Sequence[str] = METRIC_COLUMNS, confidence: float = 0.95):
-    """Per (tree, region, metric): n, mean, sd, t-based CI (``ci_low``, ``ci_high``), median.
-    NaN values are left out; n counts the values used."""
-    import pandas as pd
-    from scipy import stats
-
-    rows = []
-    for (tree, region), group in frame.groupby(["tree", "region"], sort=False):
-        for metric in metrics:
-            if metric not in group:
-                continue
-            values = group[metric].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            n = len(values)
-            mean = float(values.mean()) if n else math.nan
-            sd = float(values.std(ddof=1)) if n > 1 else math.nan
-            if n > 1:
-                half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-                low, high = mean - half, mean + half
-            else:
-                low = high = math.nan
-            rows.append(
-                {
-                    "tree": tree,
-                    "region": region,
-                    "metric": metric,
-                    "n": n,
-                    "mean": mean,
-                    "sd": sd,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "median": float(np.median(values)) if n else math.nan,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def paired_comparison(
-    frame_a, frame_b, *, metric: str, tree: str = "artery", region: str = "whole"
-) -> dict:
-    """Wilcoxon signed-rank test (two-sided) of ``metric`` between two methods' per-scan frames,
-    on the scans present in both with finite values. Returns ``metric, tree, region, n, mean_a,
-    mean_b, median_difference`` (a - b), ``statistic`` and ``p`` (NaN when n < 1 or all
-    differences are zero)."""
-    from scipy import stats
-
-    def pick(frame):
-        part = frame[(frame["tree"] == tree) & (frame["region"] == region)]
-        return part.set_index("scan_id")[metric].astype(float)
-
-    joined = pick(frame_a).to_frame("a").join(pick(frame_b).to_frame("b"), how="inner").dropna()
-    a = joined["a"].to_numpy()
-    b = joined["b"].to_numpy()
-    n = len(a)
-    statistic = p = math.nan
-    if n > 0 and np.any(a != b):
-        test = stats.wilcoxon(a, b, alternative="two-sided")
-        statistic, p = float(test.statistic), float(test.pvalue)
-    return {
-        "metric": metric,
-        "tree": tree,
-        "region": region,
-        "n": n,
-        "mean_a": float(a.mean()) if n else math.nan,
-        "mean_b": float(b.mean()) if n else math.nan,
-        "median_difference": float(np.median(a - b)) if n else math.nan,
-        "statistic": statistic,
-        "p": p,
-    }

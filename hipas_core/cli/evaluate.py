@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         import SimpleITK as sitk
 
         from hipas_core.io import read_labels
-        from hipas_core.metrics import evaluate_labels, probabilities_from_array
+        from hipas_core.metrics import evaluate_labels
         from hipas_core.provenance import provenance
+        from hipas_core.voxel_metrics import probabilities_from_array
 
         pred = read_labels(args.pred)
         truth = read_labels(args.truth)
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 def _cohort(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from hipas_core.metrics import paired_comparison, summarize
+    from hipas_core.metric_summary import paired_comparison, summarize
     from hipas_core.provenance import provenance
 
     _check_suffix(args.output)

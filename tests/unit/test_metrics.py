@@ -12,16 +12,15 @@ from scipy import stats
 from scipy.spatial import cKDTree
 
 from hipas_core.grid import STANDARD_SPACING
-from hipas_core.metrics import (
+from hipas_core.metric_summary import paired_comparison, summarize
+from hipas_core.metrics import evaluate_labels
+from hipas_core.voxel_metrics import (
     auc,
     confusion_counts,
     dice,
-    evaluate_labels,
     hd95,
     misclassification_score,
-    paired_comparison,
     probabilities_from_array,
-    summarize,
     surface_distances,
 )
 
