@@ -66,7 +66,7 @@ def main() -> int:
     from hipas_core.normalize import normalize_ct, to_standard_grid, window
     from hipas_core.resources import shipped_model
     from hipas_core.sts.branch_labels import branch_consistent_labels
-    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
+    from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import LUNG_MARGIN_MM, Predictor, exclusive_labels
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def main() -> int:
 
     from hipas_core.phantom import PhantomSpec, generate_phantom
     from hipas_core.resources import shipped_model
-    from hipas_core.sts.data import phantom_plan
+    from hipas_core.sts.phantom_cases import phantom_plan
     from hipas_core.sts.predictor import Predictor
 
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 (the obvious way) against their prior map read from the per-case cache (``--cached-priors``).
 
 One phantom case (``--case`` NPZ, or small phantom seed 1 prepared with
-``hipas_core.sts.data.phantom_case`` into ``results/sts_cache`` when absent, as ``hipas train``
+``hipas_core.sts.phantom_cases.phantom_case`` into ``results/sts_cache`` when absent, as ``hipas train``
 does), the demo stage (width 8, blocks ``--blocks``, default 0 0 1 1 1), dice stage
 loss with cross-entropy, Adam. For each stage s >= 1: ``--warmup`` steps, then the median of
 ``--steps`` timed steps, each way, in the same process; the one-off cost of filling the cache
@@ -40,8 +40,9 @@ def main() -> int:
 
     from hipas_core.sts.cascade import CascadeConfig
     from hipas_core.sts.checkpoint import build_model
-    from hipas_core.sts.data import TrainingCase, phantom_case
+    from hipas_core.sts.data import TrainingCase
     from hipas_core.sts.network import StageConfig
+    from hipas_core.sts.phantom_cases import phantom_case
     from hipas_core.sts.training import TrainConfig, _cached_prior, batch_loss, make_batch
 
     torch.set_num_threads(args.threads)

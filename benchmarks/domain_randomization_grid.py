@@ -104,7 +104,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from hipas_core.sts.data import network_input, phantom_case
+    from hipas_core.sts.data import network_input
+    from hipas_core.sts.phantom_cases import phantom_case
     from hipas_core.sts.randomization import DomainRandomization, draw_randomization
 
     torch.set_num_threads(1)

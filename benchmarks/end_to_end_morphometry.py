@@ -1,6 +1,6 @@
 """End-to-end morphometry against the phantom truth: what reaches Figure 4 from a model.
 
-For each held-out phantom (default seeds 1001-1016, ``hipas_core.sts.data.phantom_plan``: odd
+For each held-out phantom (default seeds 1001-1016, ``hipas_core.sts.phantom_cases.phantom_plan``: odd
 NCCT, even CTPA, the first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slices) the chain the
 workflow runs, in one process: normalize (``normalize_ct``: the record of ``hipas normalize``;
 slices thicker than 2 mm through the I2SR model of ``config/config.yaml`` as the workflow does,
@@ -53,7 +53,7 @@ def main() -> int:
     from hipas_core.lungs import threshold_lungs
     from hipas_core.morphometry import labels_onto_grid, morphometry_row
     from hipas_core.normalize import normalize_ct
-    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
+    from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor
 
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Held-out evaluation of an STS cascade against a single-stage baseline (default: the shipped demo models).
 
 Phantom seeds never used in training or validation (default 1001-1016: odd NCCT, even CTPA; the
-first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slices, ``hipas_core.sts.data.phantom_plan``)
+first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slices, ``hipas_core.sts.phantom_cases.phantom_plan``)
 are generated,
 segmented by each model through ``Predictor.segment_file`` (the path ``hipas segment`` takes:
 read, normalize, lung crop, sliding window, back to the input grid), and scored against the
@@ -59,7 +59,7 @@ def main() -> int:
     from hipas_core.metric_summary import paired_comparison, summarize
     from hipas_core.metrics import evaluate_labels
     from hipas_core.resources import shipped_model
-    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
+    from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor
 
     torch.set_num_threads(args.threads)

@@ -39,7 +39,7 @@ def load(seed: int, cache: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from hipas_core.levels import level_agreement, vessel_levels
-    from hipas_core.sts.data import parse_seeds
+    from hipas_core.sts.phantom_cases import parse_seeds
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-10")

@@ -40,7 +40,7 @@ def main() -> int:
 
     from hipas_core.resources import shipped_model
     from hipas_core.sts.checkpoint import export_for_inference
-    from hipas_core.sts.data import parse_seeds, phantom_plan, phantom_scan_folder
+    from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan, phantom_scan_folder
     from hipas_core.sts.predictor import Predictor, calibrate_thresholds, pooled_dice
 
     torch.set_num_threads(args.threads)

@@ -96,7 +96,7 @@ def _synthetic_ncct_sigmas(args: argparse.Namespace) -> tuple[float, ...] | None
 
 
 def _prepare_phantom(args: argparse.Namespace) -> int:
-    from hipas_core.sts.data import phantom_case
+    from hipas_core.sts.phantom_cases import phantom_case
     from hipas_core.sts.prepared import write_prepared_case
 
     protocol = args.protocol or ("ncct" if args.phantom_seed % 2 else "ctpa")

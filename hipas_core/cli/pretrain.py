@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         volumes = _folder_volumes(args.images, sigmas)
         description = {"images": str(args.images)}
     else:
-        from hipas_core.sts import data as sts_data
+        from hipas_core.sts import phantom_cases
 
-        plan = sts_data.phantom_plan(sts_data.parse_seeds(args.phantom_seeds))
+        plan = phantom_cases.phantom_plan(phantom_cases.parse_seeds(args.phantom_seeds))
         if not plan:
             raise InvalidInputError(f"--phantom-seeds {args.phantom_seeds!r}: no seeds")
-        volumes = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
-                                         vesselness_sigmas_mm=sigmas).image for s, p, t in plan]
+        volumes = [phantom_cases.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
+                                              vesselness_sigmas_mm=sigmas).image for s, p, t in plan]
         description = {"phantoms": {"size": "small", "plan": plan}}
     stage = StageConfig(in_channels=IMAGE_CHANNELS + PRIOR_CHANNELS, width=args.width, blocks_per_level=tuple(args.blocks))
     config = PretrainConfig(

@@ -17,7 +17,7 @@ such as the workflow's ``results/training_set``, uses it; a folder of cases: all
 step, loss, validation Dice, patches/s, data-wait fraction).
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
-(``hipas_core.sts.data.phantom_plan``); ``--full-phantom-seeds`` adds full-size phantoms (adult
+(``hipas_core.sts.phantom_cases.phantom_plan``); ``--full-phantom-seeds`` adds full-size phantoms (adult
 chests, as real scans are), planned the same way. ``--resume`` continues from CKPT.pt's saved state.
 ``--domain-randomization default`` randomizes the patches' appearance (``hipas_core.sts.
 randomization``), so that weights trained on phantoms depend less on how phantoms look (meant
@@ -219,6 +219,7 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
 
     from hipas_core.errors import InvalidInputError
     from hipas_core.sts import data as sts_data
+    from hipas_core.sts import phantom_cases
     from hipas_core.sts.baseline import UNetConfig, matching_unet_config
     from hipas_core.sts.cascade import CascadeConfig, STSCascade
     from hipas_core.sts.network import SIZE_MULTIPLE, StageConfig, count_parameters
@@ -259,14 +260,14 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         description = {"folder": str(args.data), "cases": [c.name for c in cases], "i2sr": i2sr_record(i2sr)}
     else:
         i2sr = i2sr_model_path(args)
-        train_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.phantom_seeds))
-        val_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.val_seeds))
-        full_plan = sts_data.phantom_plan(sts_data.parse_seeds(args.full_phantom_seeds)) if args.full_phantom_seeds else []
-        cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, size=size, cache_dir=args.cache,
-                                       vesselness_sigmas_mm=sigmas, i2sr_model=i2sr)
+        train_plan = phantom_cases.phantom_plan(phantom_cases.parse_seeds(args.phantom_seeds))
+        val_plan = phantom_cases.phantom_plan(phantom_cases.parse_seeds(args.val_seeds))
+        full_plan = phantom_cases.phantom_plan(phantom_cases.parse_seeds(args.full_phantom_seeds)) if args.full_phantom_seeds else []
+        cases = [phantom_cases.phantom_case(s, protocol=p, slice_thickness_mm=t, size=size, cache_dir=args.cache,
+                                            vesselness_sigmas_mm=sigmas, i2sr_model=i2sr)
                  for size, plan in (("small", train_plan), ("full", full_plan)) for s, p, t in plan]
-        val_cases = [sts_data.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
-                                           vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in val_plan]
+        val_cases = [phantom_cases.phantom_case(s, protocol=p, slice_thickness_mm=t, cache_dir=args.cache,
+                                                vesselness_sigmas_mm=sigmas, i2sr_model=i2sr) for s, p, t in val_plan]
         description = {"phantoms": {"size": "small", "train": train_plan, "validation": val_plan},
                        "i2sr": i2sr_record(i2sr)}
         if full_plan:

@@ -72,7 +72,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def _seeds(option: str, text: str) -> list[int]:
     from hipas_core.errors import InvalidInputError
-    from hipas_core.sts.data import parse_seeds
+    from hipas_core.sts.phantom_cases import parse_seeds
 
     try:
         seeds = parse_seeds(text)

@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 def _train_args(tmp_path: Path, out: Path) -> list[str]:
     """A tiny cascade, one small phantom (cached here first, so the two ranks only read it), 3 steps."""
-    from hipas_core.sts.data import phantom_case
+    from hipas_core.sts.phantom_cases import phantom_case
 
     cache = tmp_path / "cache"
     phantom_case(1, protocol="ncct", cache_dir=cache)

@@ -315,7 +315,7 @@ def test_train_with_randomization_is_deterministic_and_records_the_settings(tmp_
 
 
 def test_hipas_train_option_records_the_settings_and_resumes(tmp_path, hipas):
-    from hipas_core.sts.data import phantom_case
+    from hipas_core.sts.phantom_cases import phantom_case
 
     cache = tmp_path / "cache"
     phantom_case(1, protocol="ncct", cache_dir=cache)

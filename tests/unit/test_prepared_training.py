@@ -21,9 +21,10 @@ from hipas_core.cli import main as hipas_main
 from hipas_core.exclusion import read_marker
 from hipas_core.sts.cascade import CascadeConfig
 from hipas_core.sts.checkpoint import load_checkpoint
-from hipas_core.sts.data import TrainingCase, level_territories, phantom_case
+from hipas_core.sts.data import TrainingCase, level_territories
 from hipas_core.sts.losses import level_weights
 from hipas_core.sts.network import StageConfig
+from hipas_core.sts.phantom_cases import phantom_case
 from hipas_core.sts.prepared import load_prepared_case, write_prepared_case
 from hipas_core.sts.streaming import PreparedPatches
 from hipas_core.sts.training import (

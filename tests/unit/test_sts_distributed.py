@@ -223,7 +223,7 @@ def test_hipas_train_under_torchrun_trains_on_two_ranks(tmp_path):
     alone prints and writes; --global-batch-size splits over the ranks; a bad split is one line."""
     import shutil
 
-    from hipas_core.sts.data import phantom_case
+    from hipas_core.sts.phantom_cases import phantom_case
 
     cache = tmp_path / "cache"
     phantom_case(1, protocol="ncct", cache_dir=cache)  # both ranks would prepare it otherwise

@@ -12,12 +12,11 @@ from hipas_core.sts.data import (
     Augmentation,
     TrainingCase,
     level_territories,
-    parse_seeds,
-    phantom_plan,
     sample_patch,
 )
 from hipas_core.sts.losses import level_weights
 from hipas_core.sts.network import StageConfig
+from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan
 from hipas_core.sts.training import TrainConfig, batch_loss, make_batch, train
 
 TINY_MODEL = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
