@@ -38,12 +38,15 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from hipas_core.sts.batches import make_batch
     from hipas_core.sts.cascade import CascadeConfig
     from hipas_core.sts.checkpoint import build_model
     from hipas_core.sts.data import TrainingCase
     from hipas_core.sts.network import StageConfig
+    from hipas_core.sts.objective import batch_loss
     from hipas_core.sts.phantom_cases import phantom_case
-    from hipas_core.sts.training import TrainConfig, _cached_prior, batch_loss, make_batch
+    from hipas_core.sts.prior_cache import cached_prior
+    from hipas_core.sts.train_config import TrainConfig
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -65,11 +68,11 @@ def main() -> int:
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
         cache = {"stage": stage}
         started = time.perf_counter()
-        _cached_prior(model, cache, case, config=config, device=torch.device("cpu"), autocast=("cpu", torch.bfloat16, False))
+        cached_prior(model, cache, case, config=config, device=torch.device("cpu"), autocast=("cpu", torch.bfloat16, False))
         fill_seconds = time.perf_counter() - started
 
         def prior_of(c, cache=cache):
-            return _cached_prior(model, cache, c, config=config, device=torch.device("cpu"),
+            return cached_prior(model, cache, c, config=config, device=torch.device("cpu"),
                                  autocast=("cpu", torch.bfloat16, False))
 
         medians = {}

@@ -51,6 +51,7 @@ def _timings(case, *, repeats: int = 7) -> list[tuple[str, float]]:
 
     import numpy as np
 
+    from hipas_core.sts.batches import make_batch, randomization_halo
     from hipas_core.sts.data import (
         PATCH_VESSELNESS_CHUNK_VOXELS,
         Augmentation,
@@ -58,12 +59,12 @@ def _timings(case, *, repeats: int = 7) -> list[tuple[str, float]]:
         sample_patch,
     )
     from hipas_core.sts.randomization import DomainRandomization, draw_randomization
-    from hipas_core.sts.training import TrainConfig, _randomization_halo, make_batch
+    from hipas_core.sts.train_config import TrainConfig
 
     rng = np.random.default_rng(1)
     every_transform = replace(DomainRandomization(), **{f"{name}_probability": 1.0 for name in TRANSFORMS})
     config = TrainConfig(patch=TIMED_PATCH)
-    halo = _randomization_halo(config)
+    halo = randomization_halo(config)
     with_halo = tuple(p + 2 * h for p, h in zip(TIMED_PATCH, halo, strict=True))
     patch = sample_patch(case, TIMED_PATCH, rng)["image"][0]
     big = sample_patch(case, with_halo, rng)

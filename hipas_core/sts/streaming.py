@@ -59,14 +59,14 @@ class PerPatchItems(Dataset):
         return max(0, self.config.steps - self.first_step) * len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
-        from hipas_core.sts.training import _augmentation, _draw_patch
+        from hipas_core.sts.batches import config_augmentation, draw_patch
 
         if self._cases is None:
             self._cases = _open_cases(self.folders)
         step = self.first_step + index // len(self.positions)
         position = self.positions[index % len(self.positions)]
         rng = np.random.default_rng([self.config.seed, step, position])
-        return _draw_patch(self._cases, self.config, _augmentation(self.config), rng, augment=True)
+        return draw_patch(self._cases, self.config, config_augmentation(self.config), rng, augment=True)
 
 
 class SequentialBatches(IterableDataset):
@@ -80,7 +80,7 @@ class SequentialBatches(IterableDataset):
         self.config, self.steps, self.rng_state, self.keep = config, int(steps), rng_state, keep
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
-        from hipas_core.sts.training import make_batch
+        from hipas_core.sts.batches import make_batch
 
         cases = _open_cases(self.folders)
         rng = np.random.default_rng()
@@ -94,9 +94,9 @@ def _as_is(item):
 
 
 def _collate_patches(items, config):
-    from hipas_core.sts.training import _collate
+    from hipas_core.sts.batches import collate
 
-    return _collate(items, config)
+    return collate(items, config)
 
 
 class PreparedPatches:

@@ -38,365 +38,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hipas_core.conventions import (
-    ARTERY,
-    DEMO_VESSELNESS_SIGMAS_MM,
-    LEVEL_OFFSET,
-    STANDARD_SPACING,
-    VEIN,
-)
 from hipas_core.errors import InvalidInputError
 from hipas_core.progress import Progress
 from hipas_core.sts import distributed
+from hipas_core.sts.batches import make_batch, patch_seed_batch
 from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoint, save_checkpoint
-from hipas_core.sts.data import Augmentation, TrainingCase, sample_patch
-from hipas_core.sts.losses import dice_loss, skeleton_recall_loss, sts_stage_loss
+from hipas_core.sts.data import TrainingCase
 from hipas_core.sts.network import load_matching_weights
+from hipas_core.sts.objective import Objective, batch_loss, validation_dice
+from hipas_core.sts.prior_cache import cached_prior
+from hipas_core.sts.train_config import TrainConfig
+from hipas_core.sts.training_log import training_log_path, write_training_log
 
-
-@dataclass
-class TrainConfig:
-    kind: str = "cascade"  # or "baseline"
-    model_config: dict = field(default_factory=dict)
-    patch: tuple[int, int, int] = (128, 192, 192)  # (z, y, x); paper 192 x 192 x 128
-    batch_size: int = 1
-    steps: int = 1000
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.99, 0.999)
-    mode: str = "joint"  # or "stagewise" (cascade only)
-    warm_start: bool = True  # stagewise: stage s starts from stage s-1's weights
-    stage_steps: tuple[int, ...] | None = None  # stagewise: steps per stage (default: steps split evenly)
-    seed: int = 0
-    vessel_probability: float = 0.7
-    level_weight_cap: float | None = None  # None: eq. 15 exactly
-    bce_weight: float = 0.0  # cascade: weight of an added cross-entropy term (0: eq. 17 exactly)
-    # "paper": eq. 17 per stage; "dice": plain soft Dice per tree on the stage's targets (levels
-    # <= stage) instead of the level-weighted Dice and overlap-cross terms (a CPU-budget recipe:
-    # eq. 15 weighs the many level-3 voxels down, so whole-tree Dice rises far more slowly)
-    stage_loss: str = "paper"
-    # Augmentation's fields as a dict; "domain_randomization" holds the DomainRandomization
-    # settings as a dict (hipas_core.sts.randomization; absent or all probabilities 0: off)
-    augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
-    val_every: int = 50
-    val_patches: int = 4
-    checkpoint_every: int = 50
-    max_minutes: float | None = None  # stop early (and save) after this wall time
-    device: str = "cpu"
-    amp: bool = True  # CUDA only
-    inference_window: tuple[int, int, int] | None = None  # default: the patch
-    inference_overlap: float = 0.25
-    vesselness_sigmas_mm: tuple[float, ...] = DEMO_VESSELNESS_SIGMAS_MM
-    encoder_init: str | None = None  # a `hipas pretrain` checkpoint copied into every stage's encoder
-    freeze_encoder: bool = True  # the paper: encoder fixed when transferred, only the decoder trained
-    # stagewise: stage s >= 1 reads P^{s-1} of the frozen stages from a per-case cache, computed
-    # over the whole case crop stage by stage (as inference does), instead of running stages
-    # 0..s-1 on every patch. Faster (one stage forward per step instead of s + 1); the cached
-    # prior sees the case before patch augmentation and domain randomization (flips are applied
-    # to it as to the labels).
-    cached_priors: bool = False
-    # cached_priors: also keep each case's prior on disk here (.npy), named by the case, the stage
-    # and a digest of the frozen stages' weights, so a resumed or repeated run reads it instead of
-    # recomputing it (None: in memory only)
-    prior_cache_dir: str | None = None
-    # weight of the Skeleton Recall loss (Kirchhoff et al., ECCV 2024) added to each trained
-    # stage's (or the baseline's) loss, on the tubed centrelines of that stage's targets (0: off)
-    skeleton_recall_weight: float = 0.0
-    # start from this checkpoint's weights (same kind; tensors matched by name, residual blocks it
-    # lacks start as identities: hipas_core.sts.network.load_matching_weights). Every stage then
-    # counts as started, so stagewise warm start never overwrites a trained stage.
-    init_from: str | None = None
-    # "constant", or "poly": lr x (1 - step / steps) ** 0.9 (nnU-Net's schedule), so the last
-    # steps refine instead of jumping around the minimum
-    lr_schedule: str = "constant"
-    # weights and batches in channels-last 3D memory format (about 15 % faster steps on this
-    # project's CPU under oneDNN; numerically equivalent, not bit-identical)
-    channels_last: bool = False
-    # where each step's patches come from: "sequential" (one numpy stream over the global batch,
-    # as a single process draws it) or "per-patch" (patch i of step t from its own generator
-    # (seed, t, i): distributed ranks draw only their own patches)
-    patch_stream: str = "sequential"
-
-    def __post_init__(self) -> None:
-        if self.patch_stream not in ("sequential", "per-patch"):
-            raise ValueError(f"patch_stream must be 'sequential' or 'per-patch', not {self.patch_stream!r}")
-        if self.stage_loss not in ("paper", "dice"):
-            raise ValueError(f"stage_loss must be 'paper' or 'dice', not {self.stage_loss!r}")
-        if self.lr_schedule not in ("constant", "poly"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {self.lr_schedule!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _stage_targets(labels: torch.Tensor, levels: torch.Tensor, stage: int) -> torch.Tensor:
-    """(B, 2, ...) artery/vein annotation of levels <= stage from labels and levels (B, ...)."""
-    keep = (levels >= LEVEL_OFFSET) & (levels <= stage + LEVEL_OFFSET)
-    return torch.stack([(labels == ARTERY) & keep, (labels == VEIN) & keep], dim=1).float()
-
-
-def _territory(territory: torch.Tensor, stage: int) -> torch.Tensor:
-    return torch.zeros_like(territory[:, 0]) if stage == 0 else territory[:, stage - 1]
-
-
-def _augmentation(config: TrainConfig) -> Augmentation:
-    return Augmentation(**{**config.augmentation, "flip_axes": tuple(config.augmentation.get("flip_axes", ()))})
-
-
-def _draw_patch(cases, config: TrainConfig, augmentation: Augmentation, rng: np.random.Generator, *, augment: bool,
-                prior_of=None, keep: bool = True) -> dict | None:
-    """One patch drawn from ``rng``; ``keep`` False: only the random draws (the same ones), no
-    prior, centrelines or target flips, and None is returned (another rank's patch)."""
-    case = cases[int(rng.integers(len(cases)))]
-    if augment:  # a CTPA case may be swapped for its synthetic NCCT (draws rng only when enabled)
-        case = augmentation.pick_case(case, rng, vesselness_sigmas_mm=config.vesselness_sigmas_mm)
-    # With cached priors the frozen stages' prior is computed once per case on the un-augmented
-    # (and un-randomized) image, so the trained stage sees a randomized CT next to a prior made
-    # from the clean one. Accepted: recomputing the prior per patch is what cached priors avoid.
-    extra = {"prior": prior_of(case)} if prior_of is not None and keep else {}
-    if config.skeleton_recall_weight and keep:
-        extra["skeleton"] = case.centrelines()
-    randomize = augment and augmentation.domain_randomization.enabled
-    if randomize and keep:  # cut and flipped with the labels; used by the randomization only
-        extra["lungs"] = case.lungs
-    halo = _randomization_halo(config) if randomize else (0, 0, 0)
-    size = tuple(p + 2 * h for p, h in zip(config.patch, halo, strict=True))
-    sample = sample_patch(case, size, rng, vessel_probability=config.vessel_probability, extra=extra)
-    if augment:
-        keys = ["labels", "levels", "territory", *extra] if keep else []  # targets draw nothing from rng
-        image, targets = augmentation.apply(sample["image"], [sample[k] for k in keys], rng)
-        sample.update(image=image, **dict(zip(keys, targets, strict=True)))
-    if randomize:  # after the flips, on the flipped labels; vesselness recomputed from the new CT
-        lungs = sample.pop("lungs", None)
-        sample["image"] = augmentation.randomize_domain(
-            sample["image"], sample["labels"] if keep else None, rng, lungs=lungs,
-            vesselness_sigmas_mm=config.vesselness_sigmas_mm)
-        if keep:
-            inner = tuple(slice(h, h + p) for h, p in zip(halo, config.patch, strict=True))
-            sample = {key: value if key == "weights" else np.ascontiguousarray(value[(..., *inner)])
-                      for key, value in sample.items()}
-    return sample if keep else None
-
-
-def _randomization_halo(config: TrainConfig) -> tuple[int, int, int]:
-    """Voxels (z, y, x) cut on each side of a domain-randomized patch and dropped after its
-    vesselness is recomputed, so that the patch's vesselness, like the whole-scan vesselness of
-    inference, does not see the patch border: 2 sigma of the largest scale (on phantom patches
-    the mean difference to the case's own vesselness falls from 0.005 to 0.0001)."""
-    sigma_mm = max(config.vesselness_sigmas_mm)
-    return tuple(math.ceil(2 * sigma_mm / spacing) for spacing in STANDARD_SPACING)
-
-
-def _collate(items: Sequence[dict], config: TrainConfig) -> dict:
-    batch = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
-    if config.level_weight_cap is not None:
-        batch["weights"] = batch["weights"].clamp(max=config.level_weight_cap)
-    return batch
-
-
-def make_batch(
-    cases: Sequence[TrainingCase], config: TrainConfig, rng: np.random.Generator, *, augment: bool = True,
-    prior_of: Callable[[TrainingCase], np.ndarray] | None = None, keep: range | None = None,
-):
-    """Sample ``config.batch_size`` patches; returns a dict of CPU tensors. With ``prior_of`` (case
-    -> (2, Z, Y, X) prior map of the frozen stages) the batch also holds that map's patches
-    (``"prior"``). ``keep``: the positions the batch holds (a rank's share of a global batch of
-    ``config.batch_size``); ``rng`` is advanced over all of them as without ``keep``."""
-    augmentation = _augmentation(config)
-    items = []
-    for position in range(config.batch_size):
-        sample = _draw_patch(cases, config, augmentation, rng, augment=augment, prior_of=prior_of,
-                             keep=keep is None or position in keep)
-        if sample is not None:
-            items.append(sample)
-    if not items:
-        raise ValueError(f"keep {keep} holds no position of a batch of {config.batch_size}")
-    return _collate(items, config)
-
-
-def patch_seed_batch(
-    cases: Sequence[TrainingCase], config: TrainConfig, step: int, positions: Sequence[int], *, augment: bool = True,
-    prior_of: Callable[[TrainingCase], np.ndarray] | None = None,
-):
-    """The ``"per-patch"`` stream: the patches at ``positions`` of step ``step`` (0-based), patch i
-    drawn from its own generator seeded by (config.seed, step, i)."""
-    augmentation = _augmentation(config)
-    items = [_draw_patch(cases, config, augmentation, np.random.default_rng([config.seed, step, i]),
-                         augment=augment, prior_of=prior_of) for i in positions]
-    return _collate(items, config)
-
-
-class _Objective(torch.nn.Module):
-    """``batch_loss`` as a module's forward, so that DistributedDataParallel runs it (whichever
-    of the model's methods the loss calls) and syncs the gradients of what it reaches."""
-
-    def __init__(self, model: torch.nn.Module, config: TrainConfig) -> None:
-        super().__init__()
-        self.model, self.config = model, config
-
-    def forward(self, batch: dict, stages: Sequence[int] | None = None) -> torch.Tensor:
-        return batch_loss(self.model, batch, self.config, stages=stages)
-def _dice_and_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_weight: float) -> torch.Tensor:
-    loss = dice_loss(logits, target)
-    if bce_weight:
-        loss = loss + bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-    return loss
-
-
-def _skeleton_recall(logits: torch.Tensor, batch: dict, config: TrainConfig, stage: int) -> torch.Tensor:
-    """config.skeleton_recall_weight x Skeleton Recall on the centrelines of the stage's targets."""
-    if not config.skeleton_recall_weight:
-        return logits.new_zeros(())
-    keep = (batch["levels"] >= 1) & (batch["levels"] <= stage + 1)
-    skeleton = torch.where(keep, batch["skeleton"], torch.zeros_like(batch["skeleton"]))
-    return config.skeleton_recall_weight * skeleton_recall_loss(logits, skeleton)
-
-
-def batch_loss(model: torch.nn.Module, batch: dict, config: TrainConfig, *, stages: Sequence[int] | None = None) -> torch.Tensor:
-    """The training loss of one batch (already on the model's device)."""
-    if config.kind == "baseline":  # the cascade's added cross-entropy too, for a like-for-like comparison
-        target = _stage_targets(batch["labels"], batch["levels"], 3)
-        logits = model(batch["image"])
-        return _dice_and_cross_entropy(logits, target, config.bce_weight) + _skeleton_recall(logits, batch, config, 3)
-    if "prior" in batch:  # stagewise with cached priors: only the stage being trained runs
-        (stage,) = stages
-        outputs = {stage: model.forward_stage(stage, batch["image"], batch["prior"])}
-    else:
-        outputs = model(batch["image"], last_stage=None if stages is None else max(stages))
-        stages = range(len(outputs)) if stages is None else stages
-    loss = batch["image"].new_zeros(())
-    for stage in stages:
-        loss = loss + _skeleton_recall(outputs[stage], batch, config, stage)
-        if config.stage_loss == "dice":
-            target = _stage_targets(batch["labels"], batch["levels"], stage)
-            loss = loss + _dice_and_cross_entropy(outputs[stage], target, config.bce_weight)
-            continue
-        loss = loss + sts_stage_loss(
-            outputs[stage], _stage_targets(batch["labels"], batch["levels"], stage),
-            _territory(batch["territory"], stage), batch["weights"], max_level=stage, bce_weight=config.bce_weight,
-        )
-    return loss
-
-
-def final_logits(model: torch.nn.Module, image: torch.Tensor, kind: str) -> torch.Tensor:
-    out = model(image)
-    return out[-1] if kind == "cascade" else out
-
-
-@torch.no_grad()
-def validation_dice(model: torch.nn.Module, batches: Sequence[dict], config: TrainConfig) -> tuple[float, float]:
-    """Hard Dice (threshold 0.5) of artery and vein on fixed validation patches (pooled voxels)."""
-    model.eval()
-    inter = np.zeros(2)
-    total = np.zeros(2)
-    for batch in batches:
-        image = batch["image"].to(config.device)
-        pred = torch.sigmoid(final_logits(model, image, config.kind).float()) > 0.5
-        truth = _stage_targets(batch["labels"], batch["levels"], 3).to(config.device) > 0.5
-        inter += (pred & truth).sum(dim=(0, 2, 3, 4)).cpu().numpy()
-        total += (pred.sum(dim=(0, 2, 3, 4)) + truth.sum(dim=(0, 2, 3, 4))).cpu().numpy()
-    model.train()
-    dice = 2 * inter / np.maximum(total, 1)
-    return float(dice[0]), float(dice[1])
-
-
-def _cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device, autocast) -> np.ndarray:
-    """P^{s-1} over the whole crop of ``case`` from the frozen stages 0..s-1 (s = cache["stage"]),
-    computed once per case and stage with the inference window and overlap; with
-    ``config.prior_cache_dir`` read from (or written to) disk as well."""
-    if case.name not in cache:
-        path = _prior_path(model, cache, case, config=config, device=device)
-        if path is not None and path.is_file():
-            try:
-                cache[case.name] = np.load(path)
-                return cache[case.name]
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)
-        from hipas_core.sts.cascade import cascade_probabilities
-        from hipas_core.sts.sliding_window import fitted_window, sliding_window_predict
-
-        window = tuple(config.inference_window or config.patch)
-        device_type, dtype, enabled = autocast
-
-        def slide(fn, volume):
-            with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled):
-                return sliding_window_predict(fn, volume, window=fitted_window(window, tuple(volume.shape[1:])),
-                                              overlap=config.inference_overlap, out_channels=2)
-
-        image = torch.from_numpy(case.image.astype(np.float32)).to(device)
-        probs = cascade_probabilities(model, image, slide=slide, last_stage=cache["stage"] - 1)
-        cache[case.name] = probs.cpu().numpy().astype(np.float16)
-        if path is not None:
-            from hipas_core.atomic import atomic_path
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, cache[case.name])
-    return cache[case.name]
-
-
-def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device) -> Path | None:
-    """Where the prior of ``case`` lies on disk: named by the case, the stage, and a digest of
-    what it depends on (the frozen stages and transmissions, window, overlap, device type);
-    None without ``config.prior_cache_dir``."""
-    if config.prior_cache_dir is None:
-        return None
-    if "digest" not in cache:
-        import hashlib
-
-        stage = cache["stage"]
-        digest = hashlib.sha256()
-        frozen = [*model.stages[:stage], *model.transmissions[:stage - 1]]
-        for module in frozen:
-            for name, tensor in module.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        window = tuple(config.inference_window or config.patch)
-        digest.update(repr((window, config.inference_overlap, torch.device(device).type)).encode())
-        cache["digest"] = digest.hexdigest()[:16]
-    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}.npy"
-
-
-def training_log_path(checkpoint: str | os.PathLike) -> Path:
-    """The CSV training log beside a checkpoint: ``run.pt`` -> ``run.log.csv``."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(f"{checkpoint.stem}.log.csv")
-
-
-def write_training_log(path: str | os.PathLike, history: Sequence[dict], throughput: Sequence[dict], *,
-                       global_batch: int) -> None:
-    """Write (atomically) one CSV row per step: ``step``, ``loss``, ``val_dice_artery``,
-    ``val_dice_vein`` (empty where not validated), ``patches_per_s`` (the global batch over the
-    step's wall time: waiting for the batch, moving it to the device, forward, backward, update;
-    validation and checkpoints are not counted) and ``data_wait_fraction`` (the share of that
-    time spent waiting for the batch)."""
-    import csv
-    import io
-
-    from hipas_core.atomic import write_text
-
-    timing = {int(t["step"]): t for t in throughput}
-    columns = ("step", "loss", "val_dice_artery", "val_dice_vein", "patches_per_s", "data_wait_fraction")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for record in history:
-        times = timing.get(int(record["step"]))
-        seconds = times["seconds"] if times else None
-        writer.writerow([
-            record["step"], f"{record['loss']:.6g}",
-            *(f"{record[k]:.6g}" if k in record else "" for k in ("val_dice_artery", "val_dice_vein")),
-            f"{global_batch / seconds:.4g}" if seconds else "",
-            f"{times['data_seconds'] / seconds:.4f}" if seconds else "",
-        ])
-    write_text(path, buffer.getvalue())
+__all__ = ["TrainConfig", "train", "training_log_path"]
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -560,7 +221,7 @@ def train(
     val = (float("nan"), float("nan"))
     stopped_early = False
     ddp, ddp_key = None, None  # DistributedDataParallel over the parameters trained now (world > 1)
-    objective = _Objective(model, config) if world > 1 else None
+    objective = Objective(model, config) if world > 1 else None
     stream = (patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions)
               if patch_source is not None else None)
     while step < config.steps:
@@ -594,7 +255,7 @@ def train(
             if prior_cache.get("stage") != stages[0]:  # the frozen stages changed: recompute lazily
                 prior_cache.clear()
                 prior_cache["stage"] = stages[0]
-            prior_of = partial(_cached_prior, model, prior_cache, config=config, device=device,
+            prior_of = partial(cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
         step_started = time.perf_counter()
         if stream is not None:

@@ -14,10 +14,11 @@ from scipy import ndimage
 from test_sts_training import TINY_MODEL, tiny_case
 
 from hipas_core.conventions import STANDARD_SPACING
+from hipas_core.sts.batches import make_batch, randomization_halo
 from hipas_core.sts.checkpoint import load_checkpoint
 from hipas_core.sts.data import Augmentation, network_input
 from hipas_core.sts.randomization import DomainRandomization, draw_randomization, randomize_ct
-from hipas_core.sts.training import TrainConfig, _randomization_halo, make_batch, train
+from hipas_core.sts.training import TrainConfig, train
 
 SHAPE = (16, 32, 32)
 TRANSFORMS = ("tissue", "contrast", "bias", "blur", "noise", "sharpen", "fov")
@@ -264,7 +265,7 @@ def test_training_batches_are_unchanged_when_off_and_randomized_when_on():
     assert np.abs(ct[labels == 0] - 0.1).mean() > 0.005  # while the rest was remapped
     # each patch's vesselness is that of its own randomized CT, computed with a halo (2 sigma of
     # the largest scale) around the patch: equal inside, away from the patch border
-    assert _randomization_halo(on_config) == (3, 5, 5)  # 2 x 1.5 mm in voxels, rounded up
+    assert randomization_halo(on_config) == (3, 5, 5)  # 2 x 1.5 mm in voxels, rounded up
     inner = (slice(6, -6), slice(9, -9), slice(9, -9))  # the vesselness kernel radius at 1.5 mm
     for image in on["image"].numpy():
         recomputed = network_input(image[0]).astype(np.float32)

@@ -19,6 +19,7 @@ import torch
 
 from hipas_core.cli import main as hipas_main
 from hipas_core.exclusion import read_marker
+from hipas_core.sts.batches import make_batch, patch_seed_batch
 from hipas_core.sts.cascade import CascadeConfig
 from hipas_core.sts.checkpoint import load_checkpoint
 from hipas_core.sts.data import TrainingCase, level_territories
@@ -27,13 +28,7 @@ from hipas_core.sts.network import StageConfig
 from hipas_core.sts.phantom_cases import phantom_case
 from hipas_core.sts.prepared import load_prepared_case, write_prepared_case
 from hipas_core.sts.streaming import PreparedPatches
-from hipas_core.sts.training import (
-    TrainConfig,
-    make_batch,
-    patch_seed_batch,
-    train,
-    training_log_path,
-)
+from hipas_core.sts.training import TrainConfig, train, training_log_path
 from hipas_core.sts.training_set import build_manifest, read_manifest, resolve_training_set
 
 REPO = Path(__file__).resolve().parents[2]

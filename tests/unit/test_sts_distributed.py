@@ -17,8 +17,9 @@ import torch
 from test_sts_training import TINY_MODEL, tiny_case
 
 from hipas_core.sts import distributed
+from hipas_core.sts.batches import make_batch, patch_seed_batch
 from hipas_core.sts.checkpoint import load_checkpoint
-from hipas_core.sts.training import TrainConfig, make_batch, patch_seed_batch, train
+from hipas_core.sts.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 # one rank: build the tiny cases, join the process group from the environment, train, leave

@@ -7,12 +7,14 @@ import pytest
 import torch
 from test_sts_training import TINY_MODEL, tiny_case
 
+from hipas_core.sts.batches import make_batch
 from hipas_core.sts.cascade import CascadeConfig, STSCascade
 from hipas_core.sts.checkpoint import load_checkpoint
 from hipas_core.sts.data import TrainingCase, tubed_skeleton
 from hipas_core.sts.losses import skeleton_recall_loss
 from hipas_core.sts.network import StageConfig, load_matching_weights
-from hipas_core.sts.training import TrainConfig, batch_loss, make_batch, train
+from hipas_core.sts.objective import batch_loss
+from hipas_core.sts.training import TrainConfig, train
 
 SMALL = StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))
 GROWN = CascadeConfig(stage=SMALL, stage_blocks=((0, 0, 1, 1, 1),) * 3 + ((1, 1, 1, 1, 1),))

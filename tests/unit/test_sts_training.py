@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hipas_core.sts.batches import make_batch
 from hipas_core.sts.cascade import CascadeConfig
 from hipas_core.sts.checkpoint import build_model, load_checkpoint
 from hipas_core.sts.data import (
@@ -16,8 +17,9 @@ from hipas_core.sts.data import (
 )
 from hipas_core.sts.losses import level_weights
 from hipas_core.sts.network import StageConfig
+from hipas_core.sts.objective import batch_loss
 from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan
-from hipas_core.sts.training import TrainConfig, batch_loss, make_batch, train
+from hipas_core.sts.training import TrainConfig, train
 
 TINY_MODEL = CascadeConfig(stage=StageConfig(width=4, blocks_per_level=(0, 0, 1, 1, 1))).to_dict()
 
@@ -177,10 +179,10 @@ def test_dice_stage_loss_is_plain_dice_on_the_stage_targets():
         TrainConfig(stage_loss="focal")
 
 
-def test_cached_prior_loss_equals_the_full_cascade_loss_when_the_patch_is_the_case():
+def testcached_prior_loss_equals_the_full_cascade_loss_when_the_patch_is_the_case():
     """With the whole case as the patch and no augmentation, reading P^{s-1} from the cache gives
     the loss of running stages 0..s (float16 cache: tolerance)."""
-    from hipas_core.sts.training import _cached_prior
+    from hipas_core.sts.prior_cache import cached_prior
 
     torch.manual_seed(0)
     model = build_model("cascade", TINY_MODEL)
@@ -191,7 +193,7 @@ def test_cached_prior_loss_equals_the_full_cascade_loss_when_the_patch_is_the_ca
         cache = {"stage": stage}
 
         def prior_of(c, cache=cache):
-            return _cached_prior(model, cache, c, config=config, device=torch.device("cpu"),
+            return cached_prior(model, cache, c, config=config, device=torch.device("cpu"),
                                  autocast=("cpu", torch.bfloat16, False))
 
         cached = make_batch([case], config, np.random.default_rng(5), augment=False, prior_of=prior_of)
@@ -210,7 +212,7 @@ def test_priors_on_disk_are_read_back_and_follow_the_frozen_weights(tmp_path):
     """With prior_cache_dir the prior is written once per case, stage and frozen weights; a new
     cache (a resumed run) reads the same array back; other frozen weights get a file of their own,
     and a change to the stage being trained (or its transmission) does not invalidate it."""
-    from hipas_core.sts.training import _cached_prior
+    from hipas_core.sts.prior_cache import cached_prior
 
     torch.manual_seed(0)
     model = build_model("cascade", TINY_MODEL)
@@ -219,7 +221,7 @@ def test_priors_on_disk_are_read_back_and_follow_the_frozen_weights(tmp_path):
                          prior_cache_dir=str(tmp_path / "priors"))
 
     def prior(cache):
-        return _cached_prior(model, cache, case, config=config, device=torch.device("cpu"),
+        return cached_prior(model, cache, case, config=config, device=torch.device("cpu"),
                              autocast=("cpu", torch.bfloat16, False))
 
     first = prior({"stage": 2})
@@ -248,7 +250,7 @@ def test_extra_arrays_are_cut_and_flipped_with_the_labels():
     assert np.array_equal(prior[0] > 0.5, labels == 1) and np.array_equal(prior[1] > 0.5, labels == 2)
 
 
-def test_stagewise_training_with_cached_priors_runs_and_is_deterministic(tmp_path):
+def test_stagewise_training_withcached_priors_runs_and_is_deterministic(tmp_path):
     config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=4, lr=1e-3, seed=2, mode="stagewise",
                          stage_steps=(1, 1, 1, 1), cached_priors=True, val_every=4, val_patches=1,
                          checkpoint_every=4, inference_window=(16, 32, 32))
@@ -263,7 +265,7 @@ def test_stagewise_training_with_cached_priors_runs_and_is_deterministic(tmp_pat
         train(TrainConfig(**{**config.to_dict(), "mode": "joint"}), cases, output=tmp_path / "c.pt", progress=False)
 
 
-def test_train_cli_rejects_cached_priors_outside_stagewise_cascade(tmp_path, hipas):
+def test_train_cli_rejectscached_priors_outside_stagewise_cascade(tmp_path, hipas):
     out = tmp_path / "x.pt"
     for extra in (["--baseline"], ["--mode", "joint"]):
         result = hipas("train", "--out", out, "--cached-priors", *extra, "--data", tmp_path, "--steps", "1")
