@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hipas_core.allocator import release_free_memory
 from hipas_core.conventions import (
     ARTERY,
     DEMO_VESSELNESS_SIGMAS_MM,
@@ -259,6 +260,7 @@ class Predictor:
         def stage_done(index: int) -> None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
+            release_free_memory()  # this stage's activations are not the next one's sizes
             now = time.perf_counter()
             timings[f"stage{index}_s"], clock[0] = now - clock[0], now
 
@@ -345,9 +347,21 @@ class Predictor:
         except InvalidScanError as error:
             raise InvalidScanError(f"{source}: {error}") from None
         if cavity is not None:
-            cavity = cavity[box]
+            cavity = cavity[box].copy()  # not a view that keeps the whole scan's mask alive
             timings["cavity_s"] = time.perf_counter() - started
-        probs_crop = self.predict_probabilities(window(sitk.GetArrayViewFromImage(standard)[box]), timings=timings)
+        ct_window = window(sitk.GetArrayViewFromImage(standard)[box])
+        # the standardized CT is not needed past its crop: keep its grid only (a one-voxel image
+        # with its origin, spacing and direction, and its shape), not its voxels, while the
+        # network runs
+        full_shape = sitk.GetArrayViewFromImage(standard).shape
+        grid = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        grid.SetOrigin(standard.GetOrigin())
+        grid.SetSpacing(standard.GetSpacing())
+        grid.SetDirection(standard.GetDirection())
+        del standard
+        release_free_memory()  # the whole-scan lung masks and the standardized CT are gone
+        probs_crop = self.predict_probabilities(ct_window, timings=timings)
+        del ct_window
         if cavity is not None:
             probs_crop *= cavity
             del cavity
@@ -363,20 +377,21 @@ class Predictor:
             timings["branches_s"] = time.perf_counter() - started
         started = time.perf_counter()
         with self._stage("labels and probabilities to the input grid"):
-            full_shape = sitk.GetArrayViewFromImage(standard).shape
             standard_array = np.zeros(full_shape, dtype=np.uint8)
             standard_array[box] = exclusive_labels(probs_crop, self.thresholds)
             standard_labels = sitk.GetImageFromArray(standard_array)
-            standard_labels.CopyInformation(standard)
+            standard_labels.SetOrigin(grid.GetOrigin())
+            standard_labels.SetSpacing(grid.GetSpacing())
+            standard_labels.SetDirection(grid.GetDirection())
             del standard_array
             # only the crop is mapped back (outside it every probability is 0): the standardized
             # grid of a full-size scan never holds a float copy of its own
-            crop_origin = standard.TransformIndexToPhysicalPoint(tuple(int(b.start) for b in box[::-1]))
+            crop_origin = grid.TransformIndexToPhysicalPoint(tuple(int(b.start) for b in box[::-1]))
             channels = []
             for channel in range(2):
                 image = sitk.GetImageFromArray(probs_crop[channel])
-                image.SetSpacing(standard.GetSpacing())
-                image.SetDirection(standard.GetDirection())
+                image.SetSpacing(grid.GetSpacing())
+                image.SetDirection(grid.GetDirection())
                 image.SetOrigin(crop_origin)
                 channels.append(to_input_grid(image, record, interpolation="linear"))
             del probs_crop
