@@ -95,16 +95,23 @@ def noise_power(ct: np.ndarray, region: np.ndarray, spacing, *, patch: int = 16,
     return float((power * radius).sum() / total), float(power[radius > 0.3].sum() / total)
 
 
-def figures(ct_image) -> dict[str, float]:
-    """The printed figures of one scan (a SimpleITK image in HU)."""
+def lung_labels(ct_image) -> np.ndarray:
+    """(Z, Y, X) uint8 lung mask of a scan (0, 1 right, 2 left; ``threshold_lungs``)."""
     import SimpleITK as sitk
-    from scipy import ndimage
 
     from hipas_core.lungs import threshold_lungs
 
+    return sitk.GetArrayFromImage(threshold_lungs(ct_image))
+
+
+def figures(ct_image, lung_map: np.ndarray) -> dict[str, float]:
+    """The printed figures of one scan (a SimpleITK image in HU, its ``lung_labels``)."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
     ct = sitk.GetArrayFromImage(ct_image).astype(np.float32)
     spacing = ct_image.GetSpacing()[::-1]  # (z, y, x) mm
-    lungs = sitk.GetArrayFromImage(threshold_lungs(ct_image)) > 0
+    lungs = lung_map > 0
     body = body_mask(ct)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out: dict[str, float] = {"lung volume (L)": lungs.sum() * voxel_ml / 1000.0}
@@ -164,20 +171,18 @@ def phantom_ct(seed: int):
 
 def picture(images: dict, path: Path) -> None:
     """Axial and coronal planes through the lungs' centre and a sagittal plane through the right
-    lung's, one row per scan, lung window, physical aspect."""
+    lung's, one row per scan (``images``: name -> (CT image, its ``lung_labels``)), lung window,
+    physical aspect."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
 
-    from hipas_core.lungs import threshold_lungs
-
     fig, axes = plt.subplots(len(images), 3, figsize=(12, 4.2 * len(images)))
-    for row, (name, image) in enumerate(images.items()):
+    for row, (name, (image, lungs)) in enumerate(images.items()):
         ct = sitk.GetArrayFromImage(image)
         sz, sy, sx = image.GetSpacing()[::-1]
-        lungs = sitk.GetArrayFromImage(threshold_lungs(image))
         z, y, _ = (int(round(c)) for c in np.argwhere(lungs > 0).mean(axis=0))
         x = int(round(np.argwhere(lungs == 1)[:, 2].mean()))  # sagittal through the right lung
         planes = (("axial", ct[z], sx / sy), ("coronal", ct[:, y, :][::-1], sz / sx), ("sagittal", ct[:, :, x][::-1], sz / sy))
@@ -211,14 +216,16 @@ def main() -> int:
               f"{' x '.join(f'{s:.3f}' for s in real.GetSpacing())} mm; phantom: seed {args.seed} full NCCT "
               f"{REAL_SLICE_MM:g} mm, {'x'.join(map(str, phantom.GetSize()))} voxels "
               f"({time.perf_counter() - started:.0f} s)")
-        columns = {"phantom": figures(phantom), "real CT": figures(real)}
+        lungs = {"phantom": lung_labels(phantom), "real CT": lung_labels(real)}
+        columns = {"phantom": figures(phantom, lungs["phantom"]), "real CT": figures(real, lungs["real CT"])}
         print(f"| figure | phantom seed {args.seed} | real CT | phantom - real |")
         print("| --- | --- | --- | --- |")
         for name in columns["real CT"]:
             p, r = columns["phantom"][name], columns["real CT"][name]
             print(f"| {name} | {p:.3g} | {r:.3g} | {p - r:+.3g} |")
         if args.picture:
-            picture({f"phantom seed {args.seed}": phantom, "real CT": real}, args.picture)
+            picture({f"phantom seed {args.seed}": (phantom, lungs["phantom"]), "real CT": (real, lungs["real CT"])},
+                    args.picture)
             print(f"picture: {args.picture}")
     return 0
 

@@ -15,6 +15,7 @@ are kept, ``HIPAS_MALLOC_TUNING=0`` turns this off, and other C libraries are le
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -64,11 +65,20 @@ def release_free_memory() -> None:
     per-layer allocations cheap, but a large temporary of one step (the lung mask of the whole
     scan, a stage's activations) would otherwise stay resident for the rest of the run. Called at
     a few step boundaries, it keeps the peak at what one step needs, for one system call each."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once; None off glibc."""
     if not _is_glibc():
-        return
-    import contextlib
+        return None
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 

@@ -103,11 +103,7 @@ class SkeletonBranches:
         group of skeleton voxels within one voxel of a junction), each pair once, sorted."""
         import cc3d
 
-        zone = np.zeros(self.shape, dtype=bool)
-        zone_points = self.points[self.branch == 0]
-        zone[tuple(zone_points.T)] = True
-        cluster = cc3d.connected_components(zone, connectivity=26)
-        del zone
+        cluster = cc3d.connected_components(_points_mask(self.points[self.branch == 0], self.shape), connectivity=26)
         on_branch = self.branch > 0
         reach = _around(cluster, self.points[on_branch]).max(axis=1).astype(np.int64)  # 3x3x3 grey dilation, at branch voxels
         at = reach > 0
@@ -132,11 +128,9 @@ def skeleton_branches(vessel: np.ndarray) -> SkeletonBranches:
     points = np.argwhere(skeleton)
     junction = _around(skeleton, points).sum(axis=1) >= 3
     near_junction = _around(_points_mask(points[junction], vessel.shape), points).any(axis=1) | junction
-    branches = np.zeros(vessel.shape, dtype=bool)
-    branches[tuple(points[~near_junction].T)] = True
-    branch_id = cc3d.connected_components(branches, connectivity=26)
+    branch_id = cc3d.connected_components(_points_mask(points[~near_junction], vessel.shape), connectivity=26)
     branch = branch_id[tuple(points.T)].astype(np.int64)
-    del branch_id, branches
+    del branch_id
     vessel_points = np.argwhere(vessel)
     if not branch.any():
         owner = np.zeros(len(vessel_points), dtype=np.int64)
@@ -148,6 +142,7 @@ def skeleton_branches(vessel: np.ndarray) -> SkeletonBranches:
 
 
 def _points_mask(points: np.ndarray, shape) -> np.ndarray:
+    """A bool array of ``shape`` that is True at ``points`` ((N, 3) indices)."""
     mask = np.zeros(shape, dtype=bool)
     mask[tuple(points.T)] = True
     return mask
