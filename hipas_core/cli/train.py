@@ -12,8 +12,10 @@ the cases stay on disk, memory-mapped, and the patches are drawn in ``--workers`
 processes (``hipas_core.sts.streaming``), exactly the patches the in-memory path draws for the
 same cases; the manifest's val split gives the validation Dice (a folder holding ``manifest.tsv``,
 such as the workflow's ``results/training_set``, uses it; a folder of cases: all train).
-``--workers`` > 1 needs ``--patch-stream per-patch``; ``--cached-priors`` is refused with
-``--prepared``, and ``--synthetic-ncct`` needs CTPA cases prepared with ``--synthetic-ncct``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
+``--workers`` > 1 needs ``--patch-stream per-patch``; with ``--cached-priors`` the frozen stages'
+priors are written beside the checkpoint (``CKPT folder/priors``, named by a digest of the frozen
+weights) and memory-mapped by the workers; ``--synthetic-ncct`` needs CTPA cases prepared with
+``--synthetic-ncct``. Every run writes a CSV log beside the checkpoint (CKPT.log.csv:
 step, loss, validation Dice, patches/s, data-wait fraction).
 
 Phantoms: odd seeds NCCT, even CTPA; the second half of the seed list gets 2.5/3 mm slices
@@ -117,8 +119,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cached-priors", action="store_true",
                         help="stagewise: stage s >= 1 reads the frozen stages' prior map from a per-case cache "
                         "computed over the whole crop (as inference does) instead of rerunning them on every patch; "
-                        "training on phantoms, the priors are also kept on disk under --cache/priors (named by case, "
-                        "stage and a digest of the frozen weights), so a resumed run reads them")
+                        "training on phantoms, the priors are also kept on disk under --cache/priors, with --prepared "
+                        "in a priors folder beside --out (named by case, stage and a digest of the frozen weights), "
+                        "so a resumed run reads them")
     parser.add_argument("--skeleton-recall-weight", type=float, default=0.0, metavar="W",
                         help="add W x Skeleton Recall (Kirchhoff et al. 2024) on the tubed centrelines of the targets "
                         "(default 0: off)")
@@ -161,6 +164,19 @@ def _check_checkpoints(args: argparse.Namespace) -> None:
         load_checkpoint(args.init_from, kind=kind)
     if args.resume and Path(args.out).is_file():
         load_checkpoint(args.out, kind=kind)
+
+
+def _prior_cache_dir(args: argparse.Namespace) -> str | None:
+    """Where ``--cached-priors`` keeps the priors on disk: the phantom cache's ``priors`` folder;
+    beside the checkpoint with ``--prepared`` (the workers read them there); none with ``--data``
+    (in memory)."""
+    from pathlib import Path
+
+    if not args.cached_priors or args.data:
+        return None
+    if args.prepared:
+        return str(Path(args.out).resolve().parent / "priors")
+    return str(Path(args.cache) / "priors")
 
 
 def _prepared_set(args: argparse.Namespace):
@@ -213,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) -> int:
     from dataclasses import asdict
-    from pathlib import Path
 
     import torch
 
@@ -289,8 +304,7 @@ def _run(args: argparse.Namespace, *, batch_size: int, device: str, main: bool) 
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, device=device,
         inference_window=tuple(args.window) if args.window else None, vesselness_sigmas_mm=sigmas,
         encoder_init=args.encoder_init, freeze_encoder=not args.no_freeze_encoder, cached_priors=args.cached_priors,
-        prior_cache_dir=(str(Path(args.cache) / "priors") if args.cached_priors and not (args.data or args.prepared)
-                         else None),
+        prior_cache_dir=_prior_cache_dir(args),
         augmentation={**TrainConfig().augmentation, "synthetic_ncct_probability": args.synthetic_ncct,
                       "domain_randomization": asdict(randomization)},
         skeleton_recall_weight=args.skeleton_recall_weight, init_from=args.init_from,

@@ -1,7 +1,8 @@
 """Cached priors for stagewise training (``TrainConfig.cached_priors``): P^{s-1} of the frozen
 stages over a whole case, computed once per case and stage as inference computes it, kept in
 memory and, with ``TrainConfig.prior_cache_dir``, on disk under a name that carries a digest of
-the frozen weights.
+the frozen weights. A prepared training set streams its patches from worker processes: there the
+priors go to disk only (``prior_files``) and each worker memory-maps them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from hipas_core.sts.data import TrainingCase
 from hipas_core.sts.train_config import TrainConfig
 
-__all__ = ["cached_prior"]
+__all__ = ["cached_prior", "prior_files"]
 
 
 def cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device, autocast) -> np.ndarray:
@@ -72,3 +73,21 @@ def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, 
         digest.update(repr((window, config.inference_overlap, torch.device(device).type)).encode())
         cache["digest"] = digest.hexdigest()[:16]
     return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}.npy"
+
+
+def prior_files(model, stage: int, cases, *, config: TrainConfig, device, autocast) -> dict[str, str]:
+    """{case name: .npy path} of P^{stage-1} for every case of ``cases`` and each of its variants
+    (a CTPA case's synthetic NCCT), computed where the file is missing and written to
+    ``config.prior_cache_dir`` (required); nothing stays in memory."""
+    if config.prior_cache_dir is None:
+        raise ValueError("prior_files needs config.prior_cache_dir")
+    cache: dict = {"stage": stage}
+    files = {}
+    for case in cases:
+        for item in (case, *case.variants.values()):
+            path = _prior_path(model, cache, item, config=config, device=device)
+            if not path.is_file():
+                cached_prior(model, cache, item, config=config, device=device, autocast=autocast)
+                cache.pop(item.name)
+            files[item.name] = str(path)
+    return files

@@ -17,8 +17,9 @@ in-memory path on the same cases:
   state and hands back, with each batch, the state after it, so checkpoints and resume see the
   stream where the in-memory path would leave it.
 
-Cached priors (the frozen stages' prior map, computed by the model in the training process) are
-not streamed. The synthetic-NCCT variant of a CTPA case is read from its folder when it was
+Cached priors (the frozen stages' prior map) are computed by the model in the training process,
+once per case and stage, written to ``.npy`` files (``hipas_core.sts.prior_cache.prior_files``)
+and memory-mapped by the workers, which cut each patch's prior beside its image. The synthetic-NCCT variant of a CTPA case is read from its folder when it was
 prepared with ``--synthetic-ncct`` (computing it in each worker would keep a whole-case copy per
 CTPA case and process); without it ``synthetic_ncct_probability`` > 0 is refused.
 """
@@ -41,32 +42,53 @@ def _open_cases(folders: Sequence[str]) -> list:
     return [load_prepared_case(folder, mmap=True) for folder in folders]
 
 
+class _MappedPriors:
+    """case -> its prior, memory-mapped from the file ``files[case.name]`` on first use."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files, self.maps = dict(files), {}
+
+    def __call__(self, case) -> np.ndarray:
+        if case.name not in self.maps:
+            self.maps[case.name] = np.load(self.files[case.name], mmap_mode="r", allow_pickle=False)
+        return self.maps[case.name]
+
+
+def _prior_reader(prior_files: dict[str, str] | None):
+    return None if prior_files is None else _MappedPriors(prior_files)
+
+
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # the patch work is numpy/scipy; torch threads would oversubscribe
 
 
 class PerPatchItems(Dataset):
     """Item k = patch (step, position) of the per-patch stream, for steps ``first_step`` ..
-    ``steps - 1`` and this rank's ``positions``; the cases open on first use in each process."""
+    ``last_step - 1`` (default: ``config.steps - 1``) and this rank's ``positions``; the cases
+    (and the priors of ``prior_files``) open on first use in each process."""
 
     def __init__(self, folders: Sequence[str | os.PathLike], config, *, first_step: int,
-                 positions: Sequence[int]) -> None:
+                 positions: Sequence[int], prior_files: dict[str, str] | None = None,
+                 last_step: int | None = None) -> None:
         self.folders = [str(f) for f in folders]
         self.config, self.first_step, self.positions = config, int(first_step), list(positions)
-        self._cases = None
+        self.last_step = config.steps if last_step is None else int(last_step)
+        self.prior_files = prior_files
+        self._cases, self._priors = None, None
 
     def __len__(self) -> int:
-        return max(0, self.config.steps - self.first_step) * len(self.positions)
+        return max(0, self.last_step - self.first_step) * len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
         from hipas_core.sts.batches import config_augmentation, draw_patch
 
         if self._cases is None:
-            self._cases = _open_cases(self.folders)
+            self._cases, self._priors = _open_cases(self.folders), _prior_reader(self.prior_files)
         step = self.first_step + index // len(self.positions)
         position = self.positions[index % len(self.positions)]
         rng = np.random.default_rng([self.config.seed, step, position])
-        return draw_patch(self._cases, self.config, config_augmentation(self.config), rng, augment=True)
+        return draw_patch(self._cases, self.config, config_augmentation(self.config), rng, augment=True,
+                          prior_of=self._priors)
 
 
 class SequentialBatches(IterableDataset):
@@ -75,18 +97,19 @@ class SequentialBatches(IterableDataset):
     ``keep``: this rank's positions (None: all)."""
 
     def __init__(self, folders: Sequence[str | os.PathLike], config, *, steps: int, rng_state: dict,
-                 keep: range | None) -> None:
+                 keep: range | None, prior_files: dict[str, str] | None = None) -> None:
         self.folders = [str(f) for f in folders]
         self.config, self.steps, self.rng_state, self.keep = config, int(steps), rng_state, keep
+        self.prior_files = prior_files
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
         from hipas_core.sts.batches import make_batch
 
-        cases = _open_cases(self.folders)
+        cases, priors = _open_cases(self.folders), _prior_reader(self.prior_files)
         rng = np.random.default_rng()
         rng.bit_generator.state = self.rng_state
         for _ in range(self.steps):
-            yield make_batch(cases, self.config, rng, keep=self.keep), rng.bit_generator.state
+            yield make_batch(cases, self.config, rng, keep=self.keep, prior_of=priors), rng.bit_generator.state
 
 
 def _as_is(item):
@@ -112,9 +135,9 @@ class PreparedPatches:
 
     def check(self, config) -> None:
         """``ValueError`` (one line) for a setting the stream does not support."""
-        if config.cached_priors:
-            raise ValueError("--cached-priors cannot be used with --prepared (the priors are computed by "
-                             "the model in the training process; train without it)")
+        if config.cached_priors and config.prior_cache_dir is None:
+            raise ValueError("--cached-priors with --prepared: the priors need a folder on disk "
+                             "(TrainConfig.prior_cache_dir)")
         if config.augmentation.get("synthetic_ncct_probability", 0.0) > 0:
             from hipas_core.sts.prepared import SYNTHETIC_NCCT_IMAGE, read_case_record
 
@@ -128,21 +151,26 @@ class PreparedPatches:
                              "and runs in one worker; use --patch-stream per-patch for more workers")
 
     def batches(self, config, global_config, *, first_step: int, rng: np.random.Generator,
-                positions: range) -> Iterator[tuple[dict, dict | None]]:
-        """(CPU batch, generator state after it or None) for steps ``first_step`` .. steps - 1."""
+                positions: range, prior_files: dict[str, str] | None = None,
+                last_step: int | None = None) -> Iterator[tuple[dict, dict | None]]:
+        """(CPU batch, generator state after it or None) for steps ``first_step`` .. ``last_step``
+        - 1 (default: to the end of training). ``prior_files``: {case name: .npy file} of the
+        frozen stages' prior (cached priors), cut beside each patch."""
         self.check(config)
-        steps_left = max(0, config.steps - first_step)
+        end = config.steps if last_step is None else min(int(last_step), config.steps)
+        steps_left = max(0, end - first_step)
         common = {"num_workers": self.workers, "worker_init_fn": _worker_init if self.workers else None,
                   "persistent_workers": False}
         if self.workers:
             common["prefetch_factor"] = max(1, self.prefetch_batches)
         if config.patch_stream == "per-patch":
-            items = PerPatchItems(self.folders, config, first_step=first_step, positions=positions)
+            items = PerPatchItems(self.folders, config, first_step=first_step, positions=positions,
+                                  prior_files=prior_files, last_step=end)
             # a loader batch is one step's patches; the workers take whole steps in turn
             loader = DataLoader(items, batch_size=len(positions), shuffle=False, drop_last=False,
                                 collate_fn=partial(_collate_patches, config=config), **common)
             return ((batch, None) for batch in loader)
         keep = None if global_config is config else positions
         stream = SequentialBatches(self.folders, global_config, steps=steps_left,
-                                   rng_state=rng.bit_generator.state, keep=keep)
+                                   rng_state=rng.bit_generator.state, keep=keep, prior_files=prior_files)
         return iter(DataLoader(stream, batch_size=None, collate_fn=_as_is, **common))

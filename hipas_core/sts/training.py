@@ -53,7 +53,7 @@ from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoin
 from hipas_core.sts.data import TrainingCase
 from hipas_core.sts.network import load_matching_weights
 from hipas_core.sts.objective import Objective, batch_loss, validation_dice
-from hipas_core.sts.prior_cache import cached_prior
+from hipas_core.sts.prior_cache import cached_prior, prior_files
 from hipas_core.sts.train_config import TrainConfig
 from hipas_core.sts.training_log import training_log_path, write_training_log
 
@@ -222,8 +222,7 @@ def train(
     stopped_early = False
     ddp, ddp_key = None, None  # DistributedDataParallel over the parameters trained now (world > 1)
     objective = Objective(model, config) if world > 1 else None
-    stream = (patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions)
-              if patch_source is not None else None)
+    stream, stream_prior_stage = None, None  # patch_source's batches, and the stage whose prior they carry
     while step < config.steps:
         if config.max_minutes is not None:
             late = (time.monotonic() - started) / 60 > config.max_minutes
@@ -251,12 +250,28 @@ def train(
 
                 refreeze_encoders(model)
         prior_of = None
-        if config.cached_priors and stages is not None and stages[0] >= 1:
-            if prior_cache.get("stage") != stages[0]:  # the frozen stages changed: recompute lazily
+        prior_stage = stages[0] if config.cached_priors and stages is not None and stages[0] >= 1 else None
+        if prior_stage is not None and patch_source is None:
+            if prior_cache.get("stage") != prior_stage:  # the frozen stages changed: recompute lazily
                 prior_cache.clear()
-                prior_cache["stage"] = stages[0]
+                prior_cache["stage"] = prior_stage
             prior_of = partial(cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
+        if patch_source is not None and (stream is None or prior_stage != stream_prior_stage):
+            # a new stream at each stage whose frozen stages' prior it carries (per-patch and
+            # sequential streams both continue exactly from this step and generator state)
+            files = None
+            if prior_stage is not None:
+                if not main:  # rank 0 writes the files, the others then find them
+                    distributed.barrier()
+                files = prior_files(model, prior_stage, cases, config=config, device=device,
+                                    autocast=(device.type, amp_dtype, use_amp))
+                if main:
+                    distributed.barrier()
+            last_step = int(stage_ends[stages[0]]) if prior_stage is not None and stages[0] < stage_count - 1 else None
+            stream = patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions,
+                                          prior_files=files, last_step=last_step)
+            stream_prior_stage = prior_stage
         step_started = time.perf_counter()
         if stream is not None:
             cpu_batch, stream_state = next(stream)

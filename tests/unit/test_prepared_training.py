@@ -276,9 +276,13 @@ def test_hipas_layout_replica_prepares_and_trains_two_steps(tmp_path, hipas):
     checkpoint = load_checkpoint(out)
     assert checkpoint["step"] == 2 and checkpoint["data"]["prepared"]["cases"] == ["001"]
     assert training_log_path(out).is_file()
-    refused = hipas("train", "--prepared", manifest, "--out", tmp_path / "no.pt", "--mode", "stagewise",
-                    "--cached-priors", "--patch", "16", "32", "32", "--steps", "1")
-    assert refused.returncode == 2 and "--prepared" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    staged = tmp_path / "run" / "stage3.pt"  # the last stage alone, on the frozen stages' cached priors
+    hipas("train", "--prepared", manifest, "--workers", "1", "--out", staged, "--patch", "16", "32", "32",
+          "--window", "64", "96", "96", "--width", "4", "--blocks", "0", "0", "1", "1", "1", "--mode", "stagewise",
+          "--stage-steps", "0", "0", "0", "2", "--steps", "2", "--cached-priors", "--val-every", "2",
+          "--checkpoint-every", "2", "--threads", "1", "--no-progress", check=True)
+    assert load_checkpoint(staged)["step"] == 2
+    assert [p.name.split("-prior")[0] for p in (tmp_path / "run" / "priors").glob("*.npy")] == ["001"]
 
 
 def test_workflow_plans_the_demo_training_set(tmp_path):
@@ -304,6 +308,27 @@ def test_workflow_plans_the_demo_training_set(tmp_path):
     assert "--phantom-seed 8 --case-id phantom-008" in result.stdout
     assert "--i2sr-model models/i2sr-demo.pt" in result.stdout
     assert "--val 'phantom-007,phantom-008'" in result.stdout
+
+
+@pytest.mark.parametrize("stream", ["sequential", "per-patch"])
+def test_cached_priors_stream_from_disk_as_the_in_memory_run_computes_them(tmp_path, tube_folders, stream):
+    """Stagewise with cached priors: each stage's new stream carries the frozen stages' prior, read
+    by the worker from the files the trainer wrote; the losses are the in-memory run's."""
+    config = TrainConfig(model_config=TINY_MODEL, patch=(16, 32, 32), steps=4, lr=1e-3, seed=4, mode="stagewise",
+                         stage_steps=(1, 1, 1, 1), cached_priors=True, val_every=4, val_patches=1,
+                         checkpoint_every=4, patch_stream=stream)
+    memory = train(config, [tube_case(0), tube_case(1)], output=tmp_path / "memory.pt", progress=False)
+    priors = tmp_path / "priors"
+    streamed = train(TrainConfig(**{**config.to_dict(), "prior_cache_dir": str(priors)}),
+                     [load_prepared_case(f) for f in tube_folders], output=tmp_path / "stream.pt", progress=False,
+                     patch_source=PreparedPatches(tube_folders, workers=1))
+    assert [h["loss"] for h in streamed["history"]] == [h["loss"] for h in memory["history"]]
+    assert sorted(p.name.split("-")[2] for p in priors.glob("*.npy")) == ["prior1", "prior1", "prior2", "prior2",
+                                                                          "prior3", "prior3"]
+    with pytest.raises(ValueError, match="prior_cache_dir"):  # the workers need the priors on disk
+        train(config, [load_prepared_case(f) for f in tube_folders], output=tmp_path / "x.pt", progress=False,
+              patch_source=PreparedPatches(tube_folders, workers=1))
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_sequential_stream_resumes_where_the_in_memory_run_would_be(tmp_path, tube_folders):
