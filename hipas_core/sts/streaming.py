@@ -19,9 +19,10 @@ in-memory path on the same cases:
 
 Cached priors (the frozen stages' prior map) are computed by the model in the training process,
 once per case and stage, written to ``.npy`` files (``hipas_core.sts.prior_cache.prior_files``)
-and memory-mapped by the workers, which cut each patch's prior beside its image. The synthetic-NCCT variant of a CTPA case is read from its folder when it was
-prepared with ``--synthetic-ncct`` (computing it in each worker would keep a whole-case copy per
-CTPA case and process); without it ``synthetic_ncct_probability`` > 0 is refused.
+and memory-mapped by the workers, which cut each patch's prior beside its image. The
+synthetic-NCCT variant of a CTPA case is read from its folder when it was prepared with
+``--synthetic-ncct`` (computing it in each worker would keep a whole-case copy per CTPA case and
+process); without it ``synthetic_ncct_probability`` > 0 is refused.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ class _MappedPriors:
             self.maps[case.name] = np.load(self.files[case.name], mmap_mode="r", allow_pickle=False)
         return self.maps[case.name]
 
-
-def _prior_reader(prior_files: dict[str, str] | None):
-    return None if prior_files is None else _MappedPriors(prior_files)
+    @classmethod
+    def of(cls, files: dict[str, str] | None) -> _MappedPriors | None:
+        return None if files is None else cls(files)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -64,26 +65,24 @@ def _worker_init(_worker_id: int) -> None:
 
 class PerPatchItems(Dataset):
     """Item k = patch (step, position) of the per-patch stream, for steps ``first_step`` ..
-    ``last_step - 1`` (default: ``config.steps - 1``) and this rank's ``positions``; the cases
-    (and the priors of ``prior_files``) open on first use in each process."""
+    ``steps - 1`` and this rank's ``positions``; the cases (and the priors of ``prior_files``)
+    open on first use in each process."""
 
     def __init__(self, folders: Sequence[str | os.PathLike], config, *, first_step: int,
-                 positions: Sequence[int], prior_files: dict[str, str] | None = None,
-                 last_step: int | None = None) -> None:
+                 positions: Sequence[int], prior_files: dict[str, str] | None = None) -> None:
         self.folders = [str(f) for f in folders]
         self.config, self.first_step, self.positions = config, int(first_step), list(positions)
-        self.last_step = config.steps if last_step is None else int(last_step)
         self.prior_files = prior_files
         self._cases, self._priors = None, None
 
     def __len__(self) -> int:
-        return max(0, self.last_step - self.first_step) * len(self.positions)
+        return max(0, self.config.steps - self.first_step) * len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
         from hipas_core.sts.batches import config_augmentation, draw_patch
 
         if self._cases is None:
-            self._cases, self._priors = _open_cases(self.folders), _prior_reader(self.prior_files)
+            self._cases, self._priors = _open_cases(self.folders), _MappedPriors.of(self.prior_files)
         step = self.first_step + index // len(self.positions)
         position = self.positions[index % len(self.positions)]
         rng = np.random.default_rng([self.config.seed, step, position])
@@ -105,7 +104,7 @@ class SequentialBatches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
         from hipas_core.sts.batches import make_batch
 
-        cases, priors = _open_cases(self.folders), _prior_reader(self.prior_files)
+        cases, priors = _open_cases(self.folders), _MappedPriors.of(self.prior_files)
         rng = np.random.default_rng()
         rng.bit_generator.state = self.rng_state
         for _ in range(self.steps):
@@ -151,21 +150,19 @@ class PreparedPatches:
                              "and runs in one worker; use --patch-stream per-patch for more workers")
 
     def batches(self, config, global_config, *, first_step: int, rng: np.random.Generator,
-                positions: range, prior_files: dict[str, str] | None = None,
-                last_step: int | None = None) -> Iterator[tuple[dict, dict | None]]:
-        """(CPU batch, generator state after it or None) for steps ``first_step`` .. ``last_step``
-        - 1 (default: to the end of training). ``prior_files``: {case name: .npy file} of the
-        frozen stages' prior (cached priors), cut beside each patch."""
+                positions: range, prior_files: dict[str, str] | None = None) -> Iterator[tuple[dict, dict | None]]:
+        """(CPU batch, generator state after it or None) for steps ``first_step`` .. steps - 1.
+        ``prior_files``: {case name: .npy file} of the frozen stages' prior (cached priors), cut
+        beside each patch."""
         self.check(config)
-        end = config.steps if last_step is None else min(int(last_step), config.steps)
-        steps_left = max(0, end - first_step)
+        steps_left = max(0, config.steps - first_step)
         common = {"num_workers": self.workers, "worker_init_fn": _worker_init if self.workers else None,
                   "persistent_workers": False}
         if self.workers:
             common["prefetch_factor"] = max(1, self.prefetch_batches)
         if config.patch_stream == "per-patch":
             items = PerPatchItems(self.folders, config, first_step=first_step, positions=positions,
-                                  prior_files=prior_files, last_step=end)
+                                  prior_files=prior_files)
             # a loader batch is one step's patches; the workers take whole steps in turn
             loader = DataLoader(items, batch_size=len(positions), shuffle=False, drop_last=False,
                                 collate_fn=partial(_collate_patches, config=config), **common)

@@ -258,8 +258,9 @@ def train(
             prior_of = partial(cached_prior, model, prior_cache, config=config, device=device,
                                autocast=(device.type, amp_dtype, use_amp))
         if patch_source is not None and (stream is None or prior_stage != stream_prior_stage):
-            # a new stream at each stage whose frozen stages' prior it carries (per-patch and
-            # sequential streams both continue exactly from this step and generator state)
+            # a new stream at each stage whose frozen stages' prior it carries, the last one
+            # dropped (per-patch and sequential streams both continue exactly from this step and
+            # generator state)
             files = None
             if prior_stage is not None:
                 if not main:  # rank 0 writes the files, the others then find them
@@ -268,9 +269,8 @@ def train(
                                     autocast=(device.type, amp_dtype, use_amp))
                 if main:
                     distributed.barrier()
-            last_step = int(stage_ends[stages[0]]) if prior_stage is not None and stages[0] < stage_count - 1 else None
             stream = patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions,
-                                          prior_files=files, last_step=last_step)
+                                          prior_files=files)
             stream_prior_stage = prior_stage
         step_started = time.perf_counter()
         if stream is not None:
