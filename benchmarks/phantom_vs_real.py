@@ -2,7 +2,9 @@
 
 The real series (64 slices of 5 mm, 512 x 512, kernel L, no contrast) is read as ``hipas`` reads
 it (``hipas_core.io.read_ct``). The phantom is a full-size NCCT phantom (``--seed``, default 4)
-acquired at the real scan's slice thickness (5 mm), so that partial volume is alike. Both go
+acquired at the real scan's slice thickness (5 mm), so that partial volume is alike, once with
+each reconstruction kernel (``smooth``, every phantom before generator version 2, and ``sharp``,
+the lung kernel the real series was reconstructed with). Both go
 through the same code: lungs by ``hipas_core.lungs.threshold_lungs``, the body as the largest
 connected region above -500 HU, slice by slice with holes filled. Printed, one column each:
 
@@ -39,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "real-ct" / "lung-pet-ct-dx-A0001-5mm.tar.xz"
 REAL_SLICE_MM = 5.0
+KERNELS = ("smooth", "sharp")  # the phantom before (every phantom smooth until version 2) and after
 
 
 def body_mask(ct: np.ndarray) -> np.ndarray:
@@ -162,10 +165,10 @@ def read_real(work: Path):
     return read_ct(series)
 
 
-def phantom_ct(seed: int):
+def phantom_ct(seed: int, kernel: str):
     from hipas_core.phantom import PhantomSpec, generate_phantom
 
-    spec = PhantomSpec.from_seed(seed, size="full", protocol="ncct", slice_thickness_mm=REAL_SLICE_MM)
+    spec = PhantomSpec.from_seed(seed, size="full", protocol="ncct", slice_thickness_mm=REAL_SLICE_MM, kernel=kernel)
     return generate_phantom(spec).ct
 
 
@@ -191,7 +194,7 @@ def picture(images: dict, path: Path) -> None:
             ax.imshow(array, cmap="gray", vmin=-1350, vmax=150, aspect=aspect, interpolation="nearest")
             ax.set_title(f"{name}: {plane}", fontsize=10)
             ax.axis("off")
-    fig.suptitle("phantom | real CT, lung window (W 1500, L -600)", fontsize=11)
+    fig.suptitle("phantoms | real CT, lung window (W 1500, L -600)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.part")
@@ -211,21 +214,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="phantom-vs-real-") as tmp:
         started = time.perf_counter()
         real = read_real(Path(tmp))
-        phantom = phantom_ct(args.seed)
+        scans = {f"phantom {kernel}": phantom_ct(args.seed, kernel) for kernel in KERNELS}
+        shape = next(iter(scans.values())).GetSize()
         print(f"real: {ARCHIVE.name}, {'x'.join(map(str, real.GetSize()))} voxels, "
               f"{' x '.join(f'{s:.3f}' for s in real.GetSpacing())} mm; phantom: seed {args.seed} full NCCT "
-              f"{REAL_SLICE_MM:g} mm, {'x'.join(map(str, phantom.GetSize()))} voxels "
+              f"{REAL_SLICE_MM:g} mm, {'x'.join(map(str, shape))} voxels, kernels {', '.join(KERNELS)} "
               f"({time.perf_counter() - started:.0f} s)")
-        lungs = {"phantom": lung_labels(phantom), "real CT": lung_labels(real)}
-        columns = {"phantom": figures(phantom, lungs["phantom"]), "real CT": figures(real, lungs["real CT"])}
-        print(f"| figure | phantom seed {args.seed} | real CT | phantom - real |")
-        print("| --- | --- | --- | --- |")
-        for name in columns["real CT"]:
-            p, r = columns["phantom"][name], columns["real CT"][name]
-            print(f"| {name} | {p:.3g} | {r:.3g} | {p - r:+.3g} |")
+        scans["real CT"] = real
+        lungs = {name: lung_labels(image) for name, image in scans.items()}
+        columns = {name: figures(image, lungs[name]) for name, image in scans.items()}
+        phantoms = [name for name in scans if name != "real CT"]
+        print(f"| figure | {' | '.join(phantoms)} | real CT | {' | '.join(f'{name} - real' for name in phantoms)} |")
+        print("| --- |" + " --- |" * (2 * len(phantoms) + 1))
+        for figure in columns["real CT"]:
+            real_value = columns["real CT"][figure]
+            values = [columns[name][figure] for name in phantoms]
+            print(f"| {figure} | {' | '.join(f'{v:.3g}' for v in values)} | {real_value:.3g} | "
+                  f"{' | '.join(f'{v - real_value:+.3g}' for v in values)} |")
         if args.picture:
-            picture({f"phantom seed {args.seed}": (phantom, lungs["phantom"]), "real CT": (real, lungs["real CT"])},
-                    args.picture)
+            picture({f"{name}, seed {args.seed}" if name != "real CT" else name: (scans[name], lungs[name])
+                     for name in scans}, args.picture)
             print(f"picture: {args.picture}")
     return 0
 

@@ -27,11 +27,13 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dose", type=float, metavar="MGY", help="CTDIvol in mGy (noise ~ 1/sqrt(dose))")
     parser.add_argument("--contrast-phase", type=float, help="CTPA venous enhancement 0..1")
     parser.add_argument("--arterial-hu", type=float, help="CTPA arterial enhancement in HU")
+    parser.add_argument("--kernel", choices=("smooth", "sharp"),
+                        help="reconstruction kernel: smooth (soft tissue) or sharp (lung; edge overshoot, near-white noise)")
 
 
 def spec_overrides(args: argparse.Namespace) -> dict:
     names = ["sex", "age", "height_cm", *DISEASE_FLAGS, "slice_thickness_mm", "inplane_spacing_mm",
-             "dose", "contrast_phase", "arterial_hu"]
+             "dose", "contrast_phase", "arterial_hu", "kernel"]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

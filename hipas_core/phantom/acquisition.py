@@ -6,7 +6,10 @@ Vessel and airway edges are anti-aliased from the analytic signed distance (a on
 ramp); each acquired slice is the mean of its sub-slices (a box slice-sensitivity profile of
 width = slice thickness), then blurred in-plane by the scanner's point-spread function (Gaussian,
 sigma ~0.55 px) and given correlated noise whose SD is 22 HU at 5 mGy and 1 mm, scaling with
-1/sqrt(dose) and 1/sqrt(thickness). Label, level and lung maps are the majority over the
+1/sqrt(dose) and 1/sqrt(thickness). A sharp (lung) reconstruction kernel (``spec.kernel``)
+edge-enhances the blurred slice (unsharp mask: overshoot and dark halos at vessel walls) and
+gives near-white noise of ``SHARP_NOISE_FACTOR`` times the SD (a real 5 mm lung-kernel scan
+has about 50 HU, with 80 % of its noise power above 0.3 mm^-1). Label, level and lung maps are the majority over the
 sub-slices of the exact (voxel-centre) maps, in the same acquisition grid.
 
 Intensities (HU): air -1000, fat -100, muscle 45, blood 34-46 (NCCT, arteries and veins alike),
@@ -33,6 +36,8 @@ from hipas_core.phantom.vessels import VesselTree
 
 MAX_SMALL_SLICES = 200
 NOISE_SD_REF_HU = 22.0  # at 5 mGy and 1 mm slices
+SHARP_NOISE_FACTOR = 3.5  # lung kernel against soft-tissue kernel, same dose
+SHARP_GAIN, SHARP_SIGMA_PX = 1.0, 1.0  # the lung kernel's unsharp mask
 FINE_SLICE_MM = 1.0
 
 
@@ -147,7 +152,9 @@ def render(spec: PhantomSpec, anatomy: Anatomy, trees: dict[int, VesselTree], gr
     texture = _lung_texture(spec, anatomy, grid)
     noise_rng = stream(spec.seed, "noise")
     sd = NOISE_SD_REF_HU * np.sqrt(5.0 / float(spec.dose)) / np.sqrt(grid.thickness)
-    noise_bank = _noise_bank(noise_rng, (min(nz, 40), ny, nx), sd)
+    sharp = spec.kernel == "sharp"
+    noise_bank = (_white_noise_bank(noise_rng, (min(nz, 40), ny, nx), SHARP_NOISE_FACTOR * sd) if sharp
+                  else _noise_bank(noise_rng, (min(nz, 40), ny, nx), sd))
     slab = max(1, 24 // grid.sub)
     for k0 in range(0, nz, slab):
         k1 = min(nz, k0 + slab)
@@ -190,6 +197,8 @@ def render(spec: PhantomSpec, anatomy: Anatomy, trees: dict[int, VesselTree], gr
         shape4 = (k1 - k0, grid.sub, ny, nx)
         img = hu.reshape(shape4).mean(axis=1) if grid.sub > 1 else hu
         img = _blur_inplane(img)
+        if sharp:
+            img = _sharpen_inplane(img)
         img += _noise_slices(noise_bank, noise_rng, k1 - k0)
         ct[k0:k1] = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
         if grid.sub == 1:
@@ -220,6 +229,18 @@ def _noise_bank(rng, shape, sd: float) -> np.ndarray:
     smooth = ndimage.gaussian_filter(white, sigma=(0, sigma, sigma), mode="wrap")
     # variance of a 2-D Gaussian-filtered white noise: 1 / (4 pi sigma^2)
     return smooth * np.float32(sd * 2.0 * np.sqrt(np.pi) * sigma)
+
+
+def _white_noise_bank(rng, shape, sd: float) -> np.ndarray:
+    """Slices of uncorrelated noise of SD ``sd`` HU (a sharp kernel's noise is close to white)."""
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(sd)
+
+
+def _sharpen_inplane(img: np.ndarray) -> np.ndarray:
+    """A lung kernel's edge enhancement: unsharp mask in-plane (gain ``SHARP_GAIN``, Gaussian of
+    ``SHARP_SIGMA_PX`` pixels), which leaves flat regions as they are."""
+    low = ndimage.gaussian_filter(img, sigma=(0, SHARP_SIGMA_PX, SHARP_SIGMA_PX), mode="nearest")
+    return img + np.float32(SHARP_GAIN) * (img - low)
 
 
 def _noise_slices(bank: np.ndarray, rng, count: int) -> np.ndarray:

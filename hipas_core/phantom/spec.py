@@ -26,6 +26,13 @@ from hipas_core.phantom.body_size import (
 
 SIZES = ("small", "full")
 PROTOCOLS = ("ncct", "ctpa")
+KERNELS = ("smooth", "sharp")  # reconstruction kernel: soft-tissue or lung (edge-enhancing, near-white noise)
+SHARP_KERNEL_SHARE = 0.3  # share of seeds reconstructed with the sharp kernel
+
+# The phantom generator's version: raised whenever the same spec renders different voxels, so
+# that caches and scan folders of an earlier generator are never taken for this one's
+# (2: the reconstruction kernel; 1: before the field existed, every phantom smooth).
+PHANTOM_VERSION = 2
 MATRIX = {"small": 192, "full": 512}  # fixed in-plane matrix (pixels per side) of each size
 
 # prevalence of each flag when drawn from the seed (a demo population, not an epidemiology)
@@ -73,6 +80,9 @@ class PhantomSpec:
     with 1/sqrt(dose)), ``contrast_phase`` in [0, 1] (CTPA only: 0 = pure arterial phase with
     veins barely enhanced, 1 = veins as bright as arteries), ``arterial_hu`` the CTPA arterial
     enhancement, ``z_margin_mm`` extra coverage above/below the lungs (varies slice count),
+    ``kernel`` the reconstruction kernel (``KERNELS``: "smooth", a soft-tissue kernel with
+    correlated noise, or "sharp", a lung kernel: edge overshoot and near-white noise of about
+    ``acquisition.SHARP_NOISE_FACTOR`` times the SD at the same dose).
     The in-plane matrix is fixed (``MATRIX``: 512 full, 192 small), so the field of view is 512 (192) x
     spacing; a spacing override below what the body needs clips the body edge, as a small
     reconstruction field of view does.
@@ -96,6 +106,7 @@ class PhantomSpec:
     contrast_phase: float = 0.25
     arterial_hu: float = 350.0
     z_margin_mm: float = 20.0
+    kernel: str = "smooth"
 
     @classmethod
     def from_seed(cls, seed: int, size: str = "small", protocol: str = "ncct", **overrides: Any) -> PhantomSpec:
@@ -124,11 +135,12 @@ class PhantomSpec:
         phase = float(acq.uniform(0.05, 0.5))
         arterial = float(acq.uniform(250.0, 450.0))
         z_margin = float(acq.uniform(10.0, 35.0))
+        kernel = "sharp" if stream(seed, "kernel").random() < SHARP_KERNEL_SHARE else "smooth"
         values = dict(
             seed=seed, size=size, protocol=protocol, sex=sex, age=round(age, 1),
             height_cm=round(height, 1), **flags, slice_thickness_mm=thickness,
             inplane_spacing_mm=round(spacing, 4), dose=round(dose, 3), contrast_phase=round(phase, 3),
-            arterial_hu=round(arterial, 1), z_margin_mm=round(z_margin, 1),
+            arterial_hu=round(arterial, 1), z_margin_mm=round(z_margin, 1), kernel=kernel,
         )
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
@@ -177,6 +189,8 @@ class PhantomSpec:
             raise bad(f"arterial_hu {self.arterial_hu} outside 100..700")
         if not 0.0 <= float(self.z_margin_mm) <= 80.0:
             raise bad(f"z_margin_mm {self.z_margin_mm} outside 0..80")
+        if self.kernel not in KERNELS:
+            raise bad(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (flags as int)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from hipas_core.conventions import ARTERY, DISEASE_FLAGS, TREES, VEIN
 from hipas_core.phantom.rasterize import sample_segments
+from hipas_core.phantom.spec import PHANTOM_VERSION
 from hipas_core.phantom.vessels import VesselTree
 
 TREE_NAMES = {value: name for name, value in TREES.items()}
@@ -76,6 +77,7 @@ def phantom_truth(spec, anatomy, trees, grid, rendered) -> dict:
         "lung_total_ml": round(lung_total, 3),
         "lung_volume_ml": round(lung_total - vessels_in_lung, 3),
         "spec": spec_dict,
+        "phantom_version": PHANTOM_VERSION,
         "demographics": {k: spec_dict[k] for k in ("sex", "age", "height_cm", *DISEASE_FLAGS)},
         "grid": {"shape_zyx": list(grid.shape), "spacing_zyx_mm": [round(v, 6) for v in grid.spacing],
                  "sub_slices": grid.sub},

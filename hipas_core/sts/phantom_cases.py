@@ -31,13 +31,17 @@ def phantom_case(
 
     ``i2sr_model``: an I2SR checkpoint that thick slices (> 2 mm) go through, as ``hipas segment``
     normalizes them; the cache name then carries the first 8 hex digits of its SHA-256
-    (``-i2sr<digest>``), so cases prepared through different models never mix."""
+    (``-i2sr<digest>``), so cases prepared through different models never mix. The name also
+    carries the phantom generator's version (``-p<PHANTOM_VERSION>``): a cache of an earlier
+    generator is never read as this one's phantom."""
     from hipas_core.conventions import I2SR_THICKNESS_MM, needs_super_resolution
+    from hipas_core.phantom.spec import PHANTOM_VERSION
 
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
     size_tag = "" if size == "small" else f"{size}-"  # small names as before: existing caches stay valid
-    name = f"phantom-{size_tag}{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
+    name = (f"phantom-{size_tag}{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
+            f"-p{PHANTOM_VERSION}")
     use_i2sr = (i2sr_model is not None and slice_thickness_mm is not None
                 and needs_super_resolution(slice_thickness_mm, I2SR_THICKNESS_MM))
     if use_i2sr:
@@ -55,7 +59,8 @@ def phantom_case(
     case = prepare_case(
         phantom.ct, phantom.labels, phantom.levels, phantom.lungs, name=name,
         vesselness_sigmas_mm=vesselness_sigmas_mm,
-        meta={"seed": seed, "size": size, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm},
+        meta={"seed": seed, "size": size, "protocol": protocol, "slice_thickness_mm": spec.slice_thickness_mm,
+              "kernel": spec.kernel, "phantom_version": PHANTOM_VERSION},
         i2sr_model=loaded_i2sr_model(str(i2sr_model)) if use_i2sr else None,
     )
     if cached is not None:
@@ -78,9 +83,12 @@ def phantom_plan(seeds: Sequence[int]) -> list[tuple[int, str, float | None]]:
 def phantom_scan_folder(
     seed: int, *, protocol: str, slice_thickness_mm: float | None, work: str | os.PathLike
 ) -> Path:
-    """``work/phantom-<seed>``, holding the small phantom's NIfTI files (ct, labels, levels,
-    lungs, truth.json); written on first use, reused afterwards (for evaluation scans)."""
-    folder = Path(work) / f"phantom-{seed}"
+    """``work/phantom-<seed>-p<PHANTOM_VERSION>``, holding the small phantom's NIfTI files (ct,
+    labels, levels, lungs, truth.json); written on first use, reused afterwards (for evaluation
+    scans; the generator's version in the name keeps an earlier generator's scans apart)."""
+    from hipas_core.phantom.spec import PHANTOM_VERSION
+
+    folder = Path(work) / f"phantom-{seed}-p{PHANTOM_VERSION}"
     if not (folder / "ct.nii.gz").is_file():
         from hipas_core.phantom import PhantomSpec, generate_phantom
 

@@ -12,7 +12,7 @@ from hipas_core.phantom import PhantomSpec, generate_phantom
 from hipas_core.phantom.vessels import ARTERY, VEIN
 
 SEED = 11
-COMMON = dict(slice_thickness_mm=1.0, inplane_spacing_mm=0.8, dose=5.0, embolism=0, nodule=0)
+COMMON = dict(slice_thickness_mm=1.0, inplane_spacing_mm=0.8, dose=5.0, embolism=0, nodule=0, kernel="smooth")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,46 @@ def test_intensities_ncct_and_ctpa(pair):
     ct_low = arrays(quarter_dose)[0]
     assert np.std(ct_low[art_in]) / np.std(ct[art_in]) == pytest.approx(2.0, rel=0.1)
     assert abs(np.median(ct_low[art_in]) - np.median(ct[art_in])) < 5
+
+
+def _lag1_correlation(values: np.ndarray) -> float:
+    """In-plane correlation of neighbouring voxels along x of the rows of (N, X) samples."""
+    centred = values - values.mean(axis=1, keepdims=True)
+    return float((centred[:, 1:] * centred[:, :-1]).mean() / centred.var())
+
+
+def test_sharp_kernel_gives_white_noise_and_edge_overshoot(pair):
+    ncct = pair[0]
+    sharp = generate_phantom(PhantomSpec.from_seed(SEED, size="small", protocol="ncct", **{**COMMON, "kernel": "sharp"}))
+    ct, labels, _, lungs = arrays(ncct)
+    ct_sharp, labels_sharp, _, lungs_sharp = arrays(sharp)
+    # the kernel changes how the scan is reconstructed, never the anatomy or its truth
+    assert np.array_equal(labels, labels_sharp) and np.array_equal(lungs, lungs_sharp)
+    assert sharp.truth["phantom_version"] == ncct.truth["phantom_version"] >= 2
+    assert sharp.truth["spec"]["kernel"] == "sharp" and ncct.truth["spec"]["kernel"] == "smooth"
+    # noise in the flat blood pool: SHARP_NOISE_FACTOR x the SD, and close to white
+    pool = _interior(labels == ARTERY)
+    assert np.std(ct_sharp[pool]) / np.std(ct[pool]) == pytest.approx(3.5, rel=0.15)
+    z, y, x = np.nonzero(ndimage.binary_erosion(pool, structure=np.ones((1, 1, 9), bool)))
+    rows = np.stack([ct_sharp[z, y, x + d] for d in range(-4, 5)], axis=1).astype(np.float64)
+    rows_smooth = np.stack([ct[z, y, x + d] for d in range(-4, 5)], axis=1).astype(np.float64)
+    smooth_correlation, sharp_correlation = _lag1_correlation(rows_smooth), _lag1_correlation(rows)
+    assert smooth_correlation > 0.35 and sharp_correlation < 0.15, (smooth_correlation, sharp_correlation)
+    # edge overshoot: the parenchyma in a thin shell round the vessels is darker with the lung
+    # kernel (the mean over many voxels, so the noise averages out)
+    shell = ndimage.binary_dilation(labels > 0, iterations=1) & ~(labels > 0) & (lungs > 0)
+    assert ct_sharp[shell].mean() < ct[shell].mean() - 15
+
+
+def test_kernel_is_drawn_from_its_own_stream():
+    for seed in range(1, 40):
+        drawn = PhantomSpec.from_seed(seed)
+        other = PhantomSpec.from_seed(seed, kernel="sharp" if drawn.kernel == "smooth" else "smooth")
+        assert {**drawn.as_dict(), "kernel": None} == {**other.as_dict(), "kernel": None}
+    kernels = [PhantomSpec.from_seed(seed).kernel for seed in range(1, 201)]
+    assert 0.2 < kernels.count("sharp") / len(kernels) < 0.4
+    with pytest.raises(InvalidInputError, match="kernel"):
+        PhantomSpec.from_seed(1, kernel="B70f")
 
 
 def test_trees_interleaved_and_connected(pair):
