@@ -5,7 +5,8 @@ Thick-slice CT (> 2 mm) is brought to 1 mm slices on the same in-plane grid befo
 
 Modules: ``network`` (``I2SRConfig``, ``I2SRNet``: FE -> FI -> I2FF x l -> RE, output = linear
 z-interpolation + learned residual; ``VesselnessNet``, the O_F of the loss), ``checkpoint``
-(``save_model``/``load_model``/``checkpoint_info``; format ``hipas-i2sr/1``, read with
+(``save_model``/``load_model``/``checkpoint_info``; format ``hipas-i2sr/2``, the layout of
+``hipas_core.training_loop``, and ``hipas-i2sr/1`` read too; read with
 ``torch.load(weights_only=True)``, so loading never runs code), ``inference`` (``super_resolve``,
 ``super_resolve_array``: tiled with halos, bounded memory), ``data`` (thick-slice simulation,
 Poisson-law noise, synthetic vessel volumes, phantom volumes and phantom pairs acquired at 1 mm

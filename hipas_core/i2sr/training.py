@@ -5,13 +5,16 @@ profile with thickness drawn in ``thickness_range``, Poisson-law noise; ``hipas_
 or cut from phantom pairs the generator acquired at both thicknesses, and takes one Adam step on
 ``MSE(SR, GT) + w * MSE(O_F(SR), O_F(GT))`` over windowed intensities, where ``O_F`` is a small
 3x3x3 conv network first fitted to the Frangi vesselness of ``hipas_core.vesselness`` and then
-frozen. Deterministic for a seed on the CPU. With ``output`` a checkpoint (weights + the resume
-state: step, optimizer, O_F, RNG, losses) is written every ``checkpoint_every`` steps and at the
-end; ``resume`` continues from it, and the resumed run equals an uninterrupted one.
+frozen. Deterministic for a seed on the CPU. With ``output`` a checkpoint (weights + the run's
+state: step, losses, optimizer, O_F, RNG; the layout of ``hipas_core.training_loop``) is written
+every ``checkpoint_every`` steps and at the end; ``resume`` continues from it (or from a
+"hipas-i2sr/1" file), and the resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hipas_core.i2sr.checkpoint import load_training_state, save_model
+from hipas_core.i2sr.checkpoint import CHECKPOINT_FORMAT, KIND, load_training_state
 from hipas_core.i2sr.data import (
     PhantomPair,
     make_training_pair,
@@ -31,6 +34,7 @@ from hipas_core.i2sr.data import (
 )
 from hipas_core.i2sr.network import I2SRConfig, I2SRNet, VesselnessNet, interpolate_z, window_ct
 from hipas_core.progress import Progress, log
+from hipas_core.training_loop import TrainingRun, cpu_weights, write_checkpoint
 
 LR_SCHEDULES = ("constant", "cosine")
 _VESSELNESS_CROP = (48, 96, 96)  # (z, y, x) voxels of each phantom target O_F is fitted on
@@ -185,15 +189,14 @@ def train(
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule {lr_schedule!r}: one of {LR_SCHEDULES}")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    started = time.perf_counter()
+    run = TrainingRun(seed=seed, max_minutes=max_minutes)
+    rng = run.rng
     mode = progress if log_every else "off"
     output = Path(output) if output is not None else None
     state = load_training_state(output) if resume and output is not None and output.is_file() else None
     if pairs is None and volumes is None:
         volumes = [synthetic_vessel_volume(1000 + seed * 100 + i, shape=(40, 80, 80)) for i in range(6)]
-    step, losses, baselines, seconds_before, resumed_at = 0, [], [], 0.0, []
+    resumed_at = []
     if state is None:
         if pairs is not None:
             o_f_volumes, o_f_spacing = _vesselness_crops(pairs)
@@ -201,30 +204,25 @@ def train(
             o_f_volumes, o_f_spacing = volumes, tuple(volume_spacing)
         o_f, o_f_loss = train_vesselness_net(o_f_volumes, o_f_spacing, steps=vesselness_steps, seed=seed)
         log(f"train i2sr: O_F (vesselness imitation) trained, mse {o_f_loss:.5f} "
-            f"({time.perf_counter() - started:.1f} s)", mode=mode)
+            f"({time.monotonic() - run.created:.1f} s)", mode=mode)
         model = I2SRNet(config or I2SRConfig())
     else:
-        model, previous, resume_state = state
+        model, previous, run_state = state
         if config is not None and config != model.config:
             from hipas_core.errors import InvalidInputError
 
             raise InvalidInputError(f"{output}: its network shape differs from the one asked for; cannot resume")
         o_f = VesselnessNet()
-        o_f.load_state_dict(resume_state["vesselness_net"])
+        o_f.load_state_dict(run_state["vesselness_net"])
         _freeze(o_f)
         o_f.eval()
         o_f_loss = float(previous.get("vesselness_net_final_mse", float("nan")))
-        step = int(resume_state["step"])
-        losses, baselines = list(resume_state["losses"]), list(resume_state["baselines"])
-        seconds_before = float(resume_state["seconds"])
-        resumed_at = [*previous.get("resumed_at_steps", []), step]
-        rng.bit_generator.state = resume_state["rng"]
-        torch.set_rng_state(resume_state["torch_rng"])
     o_f = o_f.to(device)
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
     if state is not None:
-        optimizer.load_state_dict(state[2]["optimizer"])
+        run.resume_from(run_state, source=output, optimizer=optimizer)
+        resumed_at = [*previous.get("resumed_at_steps", []), run.step]
     settings = {
         "steps": steps, "seed": seed, "batch": batch, "lr": lr, "lr_schedule": lr_schedule,
         "patch_depth": patch_depth, "patch_size": patch_size, "vesselness_steps": vesselness_steps,
@@ -236,9 +234,10 @@ def train(
     }
 
     def record(finished: bool) -> dict:
+        losses, baselines = [h["loss"] for h in run.history], [h["linear_loss"] for h in run.history]
         out = {
-            **settings, "step": step, "finished": finished, "first_losses": losses[:10], "last_losses": losses[-10:],
-            "seconds": round(seconds_before + time.perf_counter() - started, 1),
+            **settings, "step": run.step, "finished": finished, "first_losses": losses[:10],
+            "last_losses": losses[-10:], "seconds": round(run.train_seconds, 1),
             "train_threads": torch.get_num_threads(),
         }
         if losses:
@@ -251,28 +250,26 @@ def train(
     def save(finished: bool, extra: dict | None = None) -> None:
         if output is None:
             return
-        resume_state = {
-            "step": step, "optimizer": optimizer.state_dict(),
-            "vesselness_net": {k: v.detach().cpu() for k, v in o_f.state_dict().items()},
-            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "losses": losses, "baselines": baselines,
-            "seconds": seconds_before + time.perf_counter() - started,
-        }
-        save_model(model, output, training={**record(finished), **(extra or {})}, resume=resume_state)
+        write_checkpoint(output, run.payload(
+            format=CHECKPOINT_FORMAT, kind=KIND, model_config=dataclasses.asdict(model.config),
+            state_dict=cpu_weights(model),
+            training_config=json.loads(json.dumps(settings, sort_keys=True)),  # plain data, as in the record
+            optimizer=optimizer, finished=finished, vesselness_net=cpu_weights(o_f),
+            training=json.dumps({**record(finished), **(extra or {})}, sort_keys=True)))
 
-    bar = Progress("train i2sr", total=steps, initial=min(step, steps), unit="steps", mode=mode)
-    if step:
-        bar.log(f"train i2sr: resumed from {output} at step {step}/{steps}")
-    loop_started = time.monotonic()
-    while step < steps:
-        if max_minutes is not None and (time.monotonic() - loop_started) / 60 > max_minutes:
-            bar.log(f"train i2sr: stopped after {max_minutes:g} min at step {step}/{steps} "
+    bar = Progress("train i2sr", total=steps, initial=min(run.step, steps), unit="steps", mode=mode)
+    if run.step:
+        bar.log(f"train i2sr: resumed from {output} at step {run.step}/{steps}")
+    run.start(count_setup=True)  # the record's seconds include fitting O_F and preparing the data
+    while run.step < steps:
+        if run.out_of_time():
+            bar.log(f"train i2sr: stopped after {max_minutes:g} min at step {run.step}/{steps} "
                          "(continue with --resume)")
             bar.close()
             save(False)
             return model.eval(), record(False)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(lr, lr_schedule, step, steps)
+            group["lr"] = _learning_rate(lr, lr_schedule, run.step, steps)
         if pairs is not None:
             items = pair_crops(pairs[int(rng.integers(len(pairs)))], rng, count=batch, depth=patch_depth,
                                size=patch_size)
@@ -282,19 +279,19 @@ def train(
                                         depth=patch_depth, size=patch_size, noise=noise_counts is not None,
                                         counts_range=noise_counts or (1.0, 1.0)) for _ in range(batch)]
         loss, baseline = _batch_losses(model, o_f, items, device=device, vesselness_weight=vesselness_weight)
-        baselines.append(float(baseline))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-        step += 1
+        run.step += 1
+        run.history.append({"step": run.step, "loss": float(loss.detach()), "linear_loss": float(baseline)})
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.6f}")
-        if log_every and step % log_every == 0:
-            recent, reference = np.mean(losses[-log_every:]), np.mean(baselines[-log_every:])
-            bar.log(f"train i2sr: step {step}/{steps}, loss {recent:.6f} (linear {reference:.6f}, "
+        bar.set_postfix(loss=f"{run.history[-1]['loss']:.6f}")
+        if log_every and run.step % log_every == 0:
+            recent = np.mean([h["loss"] for h in run.history[-log_every:]])
+            reference = np.mean([h["linear_loss"] for h in run.history[-log_every:]])
+            bar.log(f"train i2sr: step {run.step}/{steps}, loss {recent:.6f} (linear {reference:.6f}, "
                          f"ratio {recent / reference:.3f})")
-        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+        if checkpoint_every and run.step % checkpoint_every == 0 and run.step < steps:
             save(False)
     bar.close()
     model.eval()

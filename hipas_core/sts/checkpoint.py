@@ -4,7 +4,9 @@ A checkpoint is a ``torch.save`` dict with ``format`` ("hipas-sts/1"), ``kind`` 
 "baseline"), ``model_config``, ``state_dict``, ``inference`` (window (z, y, x), overlap,
 thresholds per class, vesselness scales), ``training_config``, ``data`` (case seeds / files),
 ``versions`` (package versions), ``history`` (loss/validation per step) and, for resuming,
-``optimizer``, ``step`` and ``rng`` (dropped by ``export_for_inference``). Written atomically.
+``optimizer``, ``step`` and ``rng`` (dropped by ``export_for_inference``): the layout every
+training loop writes (``hipas_core.training_loop``), with STS's own ``inference``, ``data``,
+``throughput``, ``warm_started`` and ``distributed``. Written atomically.
 
 Checkpoints hold tensors and plain data only (dicts, lists, tuples, strings, numbers; the numpy
 RNG state is numpy's own dict of ints): they are read with ``torch.load(weights_only=True)``, so
@@ -23,8 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hipas_core.atomic import atomic_path
 from hipas_core.errors import InvalidInputError
+from hipas_core.training_loop import error_summary, load_payload, write_checkpoint
+
+__all__ = ["FORMAT", "MODEL_KEYS", "build_model", "error_summary", "export_for_inference", "load_checkpoint",
+           "model_from_checkpoint", "save_checkpoint"]
 
 FORMAT = "hipas-sts/1"
 MODEL_KEYS = ("kind", "model_config", "state_dict")  # what every checkpoint holds
@@ -44,16 +49,9 @@ def build_model(kind: str, model_config: dict) -> nn.Module:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (must hold kind, model_config, state_dict) atomically."""
-    payload = {"format": FORMAT, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def error_summary(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), for one-line errors."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+    """Write ``payload`` (must hold kind, model_config, state_dict) atomically, ``format``
+    ``FORMAT`` unless it names its own; returns None."""
+    write_checkpoint(path, {"format": FORMAT, **payload})
 
 
 def load_checkpoint(
@@ -69,7 +67,7 @@ def load_checkpoint(
     if not path.is_file():
         raise InvalidInputError(f"{path}: model checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_payload(path)
     except Exception as error:  # noqa: BLE001 - any unreadable file (or one carrying code) is a user error here
         raise InvalidInputError(f"{path}: not a readable model checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -24,7 +24,6 @@ channel would otherwise leak the CT of the masked cubes). Tensors (batch, channe
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,16 +215,18 @@ def pretrain(
 
     ``volumes``: arrays (2, Z, Y, X) as in ``TrainingCase.image`` (windowed CT in [0, 1],
     vesselness), in the standardized grid; zero prior channels are appended. The checkpoint
-    (``hipas_core.sts.checkpoint.save_checkpoint``) holds ``kind`` "mae-encoder", ``model_config``
-    (the ``StageConfig``), ``state_dict`` (encoder weights, ``StageNet`` names), ``pretrain_config``,
-    ``versions``, ``history``, ``step`` and, for ``resume``, ``decoder_state_dict``, ``optimizer``,
-    ``rng``. Deterministic on the CPU for a seed. Returns the payload without weights.
+    (``hipas_core.sts.checkpoint.save_checkpoint``, the layout of ``hipas_core.training_loop``)
+    holds ``kind`` "mae-encoder", ``model_config`` (the ``StageConfig``), ``state_dict`` (encoder
+    weights, ``StageNet`` names), ``training_config`` (the ``PretrainConfig``; older files name it
+    ``pretrain_config``, read as ``training_config``), ``versions``, ``history``, ``step`` and,
+    for ``resume``, ``decoder_state_dict``, ``optimizer``, ``rng`` (numpy, torch and the mask
+    generator). Deterministic on the CPU for a seed. Returns the payload without weights.
     Progress as in ``hipas_core.sts.training.train`` (``progress`` False: log lines, no bar).
     ``InvalidInputError`` when ``resume`` finds at ``output`` a file it cannot continue from.
     """
     from hipas_core.progress import Progress
-    from hipas_core.provenance import package_versions
-    from hipas_core.sts.checkpoint import error_summary, load_checkpoint, save_checkpoint
+    from hipas_core.sts.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+    from hipas_core.training_loop import TrainingRun, cpu_weights, resume_check
 
     if not volumes:
         raise ValueError("no volumes to pre-train on")
@@ -236,53 +237,40 @@ def pretrain(
     stage_config = config.stage_config()
     if stage_config.in_channels < PRETRAINED_INPUT_CHANNELS:
         raise ValueError(f"stage in_channels {stage_config.in_channels} < {PRETRAINED_INPUT_CHANNELS}")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    mask_generator = torch.Generator().manual_seed(config.seed)
+    run = TrainingRun(seed=config.seed, max_minutes=config.max_minutes,
+                      generators={"mask": torch.Generator().manual_seed(config.seed)})
+    rng, mask_generator = run.rng, run.generators["mask"]
     device = torch.device(config.device)
     model = MaskedAutoencoder(stage_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
-    step, history, elapsed_before = 0, [], 0.0
     output = Path(output)
     if resume and output.is_file():
         state = load_checkpoint(output, kind=CHECKPOINT_KIND, require=RESUME_KEYS)
-        try:
+        with resume_check(output):
             model.load_state_dict({**state["state_dict"], **state["decoder_state_dict"]})
-            optimizer.load_state_dict(state["optimizer"])
-            step, history = int(state["step"]), list(state["history"])
-            elapsed_before = float(state.get("train_seconds", 0.0))
-            rng.bit_generator.state = state["rng"]["numpy"]
-            mask_generator.set_state(state["rng"]["mask"])
-        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
+        run.resume_from(state, source=output, optimizer=optimizer)
+    history = run.history
 
     def payload(final: bool) -> dict:
-        weights = model.state_dict()
-        return {
-            "kind": CHECKPOINT_KIND,
-            "model_config": stage_config.to_dict(),
-            "state_dict": model.encoder_state_dict(),
-            "decoder_state_dict": {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(ENCODER_PREFIXES)},
-            "pretrained_input_channels": PRETRAINED_INPUT_CHANNELS,
-            "pretrain_config": config.to_dict(),
-            "data": {"volumes": len(volumes), **(data_description or {})},
-            "versions": package_versions(),
-            "history": history,
-            "step": step,
-            "finished": final,
-            "train_seconds": elapsed_before + (time.monotonic() - started),
-            "optimizer": optimizer.state_dict(),
-            "rng": {"numpy": rng.bit_generator.state, "mask": mask_generator.get_state()},
-        }
+        weights = cpu_weights(model)
+        return run.payload(
+            format=FORMAT, kind=CHECKPOINT_KIND, model_config=stage_config.to_dict(),
+            state_dict=model.encoder_state_dict(), training_config=config.to_dict(), optimizer=optimizer,
+            finished=final,
+            decoder_state_dict={k: v for k, v in weights.items() if not k.startswith(ENCODER_PREFIXES)},
+            pretrained_input_channels=PRETRAINED_INPUT_CHANNELS,
+            data={"volumes": len(volumes), **(data_description or {})},
+        )
 
-    started = time.monotonic()
+    run.start()
     model.train()
-    bar = Progress("pretrain mae", total=config.steps, initial=step, unit="steps", mode=None if progress else "lines")
-    if step:
-        bar.log(f"pretrain mae: resumed from {output} at step {step}/{config.steps}")
+    bar = Progress("pretrain mae", total=config.steps, initial=run.step, unit="steps",
+                   mode=None if progress else "lines")
+    if run.step:
+        bar.log(f"pretrain mae: resumed from {output} at step {run.step}/{config.steps}")
     extra = stage_config.in_channels - PRETRAINED_INPUT_CHANNELS
-    while step < config.steps:
-        if config.max_minutes is not None and (time.monotonic() - started) / 60 > config.max_minutes:
+    while run.step < config.steps:
+        if run.out_of_time():
             break
         patches, masks = [], []
         for _ in range(config.batch_size):
@@ -297,19 +285,19 @@ def pretrain(
         loss = masked_l2_loss(model(image, mask), image[:, :1], mask)
         loss.backward()
         optimizer.step()
-        step += 1
-        history.append({"step": step, "loss": float(loss.detach())})
+        run.step += 1
+        history.append({"step": run.step, "loss": float(loss.detach())})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if step % config.checkpoint_every == 0:
+        if run.step % config.checkpoint_every == 0:
             save_checkpoint(output, payload(final=False))
-            if step < config.steps:  # (the last one is reported below)
-                bar.log(f"pretrain mae: step {step}/{config.steps}, loss {history[-1]['loss']:.4f}, "
+            if run.step < config.steps:  # (the last one is reported below)
+                bar.log(f"pretrain mae: step {run.step}/{config.steps}, loss {history[-1]['loss']:.4f}, "
                         f"checkpoint {output}")
     bar.close()
-    final = payload(final=step >= config.steps)
+    final = payload(final=run.step >= config.steps)
     save_checkpoint(output, final)
-    bar.log(f"pretrain mae: step {step}/{config.steps}, checkpoint {output} "
+    bar.log(f"pretrain mae: step {run.step}/{config.steps}, checkpoint {output} "
             f"({'finished' if final['finished'] else 'stopped early'})")
     return {k: v for k, v in final.items() if k not in ("state_dict", "decoder_state_dict", "optimizer", "rng")}
 

@@ -49,19 +49,16 @@ from hipas_core.errors import InvalidInputError
 from hipas_core.progress import Progress
 from hipas_core.sts import distributed
 from hipas_core.sts.batches import make_batch, patch_seed_batch
-from hipas_core.sts.checkpoint import build_model, error_summary, load_checkpoint, save_checkpoint
+from hipas_core.sts.checkpoint import FORMAT, build_model, load_checkpoint, save_checkpoint
 from hipas_core.sts.data import TrainingCase
 from hipas_core.sts.network import load_matching_weights
 from hipas_core.sts.objective import Objective, batch_loss, validation_dice
 from hipas_core.sts.prior_cache import cached_prior, prior_files
 from hipas_core.sts.train_config import TrainConfig
 from hipas_core.sts.training_log import training_log_path, write_training_log
+from hipas_core.training_loop import TrainingRun, resume_check
 
 __all__ = ["TrainConfig", "train", "training_log_path"]
-
-
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
 
 def train(
@@ -91,8 +88,6 @@ def train(
     arguments (``config.device`` its own device); rank 0 writes ``output``, every rank returns the
     same summary.
     """
-    from hipas_core.provenance import package_versions
-
     if not cases:
         raise ValueError("no training cases")
     if config.cached_priors and (config.kind != "cascade" or config.mode != "stagewise"):
@@ -101,16 +96,16 @@ def train(
         patch_source.check(config)
     rank, world = distributed.world()
     main = rank == 0
-    torch.manual_seed(config.seed)
+    run = TrainingRun(seed=config.seed, max_minutes=config.max_minutes)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    rng = np.random.default_rng(config.seed)
+    rng = run.rng
     device = torch.device(config.device)
     model = build_model(config.kind, config.model_config).to(device)
     if config.encoder_init:  # MAE pre-training transfer, before the optimizer and any resume state
         from hipas_core.sts.pretrain import load_pretrained_encoder
 
         load_pretrained_encoder(model, config.encoder_init, freeze=config.freeze_encoder)
-    step, history, elapsed_before, warm_started = 0, [], 0.0, []
+    warm_started = []
     throughput: list[dict] = []  # per step: seconds of the step and of its wait for data
     if config.init_from:
         initial = load_checkpoint(config.init_from)
@@ -131,25 +126,18 @@ def train(
     output = Path(output)
     if resume and output.is_file():
         state = load_checkpoint(output, kind=config.kind)
-        try:
+        with resume_check(output):
             model.load_state_dict(state["state_dict"])
-            if "optimizer" in state:
-                optimizer.load_state_dict(state["optimizer"])
-                for group in optimizer.param_groups:  # a resumed run may lower the learning rate
-                    group["lr"], group["betas"] = config.lr, tuple(config.betas)
-            step, history = int(state.get("step", 0)), list(state.get("history", []))
             throughput = list(state.get("throughput", []))
-            elapsed_before = float(state.get("train_seconds", 0.0))
             warm_started = list(state.get("warm_started", []))
-            if "rng" in state:
-                rng.bit_generator.state = state["rng"]["numpy"]
-                torch.set_rng_state(state["rng"]["torch"])
             first_batch = state.get("training_config", {}).get("batch_size", config.batch_size)
             resumed_from = dict(state.get("distributed", {"world_size": 1, "global_batch": first_batch}))
-        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise InvalidInputError(f"{output}: cannot resume from this checkpoint ({error_summary(error)})") from None
+        run.resume_from(state, source=output, optimizer=optimizer)
+        for group in optimizer.param_groups:  # a resumed run may lower the learning rate
+            group["lr"], group["betas"] = config.lr, tuple(config.betas)
     else:
         resumed_from = None
+    history = run.history
     global_config = config if world == 1 else TrainConfig(**{**config.to_dict(), "batch_size": world * config.batch_size})
     positions = distributed.rank_positions(rank, world, config.batch_size)
     val_rng = np.random.default_rng(config.seed + 1_000_003)
@@ -169,33 +157,25 @@ def train(
 
     def payload(final: bool) -> dict:
         inference_window = config.inference_window or config.patch
-        return {
-            "kind": config.kind,
-            "model_config": model.config.to_dict(),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "inference": {
+        return run.payload(
+            format=FORMAT, kind=config.kind, model_config=model.config.to_dict(),
+            state_dict={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            training_config=config.to_dict(), optimizer=optimizer, finished=final,
+            inference={
                 "window": list(inference_window), "overlap": config.inference_overlap,
                 "thresholds": [0.5, 0.5], "vesselness_sigmas_mm": list(config.vesselness_sigmas_mm),
             },
-            "training_config": config.to_dict(),
-            "data": data_description or {"cases": [c.name for c in cases]},
-            "validation_cases": [c.name for c in validation_cases],
-            "versions": package_versions(),
-            "history": history,
-            "throughput": throughput,
-            "step": step,
-            "finished": final,
-            "warm_started": list(warm_started),
-            "train_seconds": elapsed_before + (time.monotonic() - started),
+            data=data_description or {"cases": [c.name for c in cases]},
+            validation_cases=[c.name for c in validation_cases],
+            throughput=throughput,
+            warm_started=list(warm_started),
             # what the training time was measured on (the CLI's --threads / --device)
-            "train_device": {"device": str(device), "threads": torch.get_num_threads()},
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(rng),
+            train_device={"device": str(device), "threads": torch.get_num_threads()},
             # the patch stream continues from "rng" (sequential) or the step (per-patch) on any
             # number of ranks; the same global batch continues it exactly
             **({"distributed": {"world_size": world, "batch_per_rank": config.batch_size,
                                 "global_batch": world * config.batch_size}} if world > 1 else {}),
-        }
+        )
 
     def save(payload_now: dict | None) -> None:  # rank 0 writes, the others wait until it has
         if main:
@@ -205,16 +185,16 @@ def train(
         distributed.barrier()
 
     prior_cache: dict = {}  # cached_priors: {"stage": s, case name: P^{s-1} (2, Z, Y, X) float16}
-    started = time.monotonic()
+    run.start()
     model.train()
-    bar = Progress(f"train {config.kind}", total=config.steps, initial=step, unit="steps",
+    bar = Progress(f"train {config.kind}", total=config.steps, initial=run.step, unit="steps",
                    mode=("off" if not main else None if progress else "lines"))
     if world > 1:
         bar.log(f"train {config.kind}: {world} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}), "
                 f"{config.batch_size} patches per rank, global batch {world * config.batch_size}, "
                 f"{config.patch_stream} patch stream")
-    if step:
-        bar.log(f"train {config.kind}: resumed from {output} at step {step}/{config.steps}")
+    if run.step:
+        bar.log(f"train {config.kind}: resumed from {output} at step {run.step}/{config.steps}")
         if resumed_from is not None and resumed_from.get("global_batch") != world * config.batch_size:
             bar.log(f"train {config.kind}: the checkpoint's global batch was {resumed_from.get('global_batch')}, "
                     f"now {world * config.batch_size}: the patch stream goes on, but not as the first run's would")
@@ -223,9 +203,9 @@ def train(
     ddp, ddp_key = None, None  # DistributedDataParallel over the parameters trained now (world > 1)
     objective = Objective(model, config) if world > 1 else None
     stream, stream_prior_stage = None, None  # patch_source's batches, and the stage whose prior they carry
-    while step < config.steps:
+    while run.step < config.steps:
         if config.max_minutes is not None:
-            late = (time.monotonic() - started) / 60 > config.max_minutes
+            late = run.out_of_time()
             if world > 1:  # every rank stops at the same step when any one is out of time
                 late = distributed.all_sum([float(late)], device)[0] > 0
             if late:
@@ -233,7 +213,7 @@ def train(
                 break
         stages = None
         if config.kind == "cascade" and config.mode == "stagewise":
-            current = min(int(np.searchsorted(stage_ends, step, side="right")), stage_count - 1)
+            current = min(int(np.searchsorted(stage_ends, run.step, side="right")), stage_count - 1)
             stages = [current]
             # stages reached for the first time start from their predecessor (in order, so a
             # schedule that jumps over a stage still hands the trained weights on)
@@ -269,7 +249,7 @@ def train(
                                     autocast=(device.type, amp_dtype, use_amp))
                 if main:
                     distributed.barrier()
-            stream = patch_source.batches(config, global_config, first_step=step, rng=rng, positions=positions,
+            stream = patch_source.batches(config, global_config, first_step=run.step, rng=rng, positions=positions,
                                           prior_files=files)
             stream_prior_stage = prior_stage
         step_started = time.perf_counter()
@@ -278,7 +258,7 @@ def train(
             if stream_state is not None:  # the sequential stream's generator, where it now stands
                 rng.bit_generator.state = stream_state
         elif config.patch_stream == "per-patch":
-            cpu_batch = patch_seed_batch(cases, config, step, positions, prior_of=prior_of)
+            cpu_batch = patch_seed_batch(cases, config, run.step, positions, prior_of=prior_of)
         elif world == 1:
             cpu_batch = make_batch(cases, config, rng, prior_of=prior_of)
         else:  # the whole global batch's draws, this rank's patches
@@ -295,17 +275,17 @@ def train(
                     batch[key] = batch[key].contiguous(memory_format=torch.channels_last_3d)
         if config.lr_schedule == "poly":
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * (1 - step / config.steps) ** 0.9
+                group["lr"] = config.lr * (1 - run.step / config.steps) ** 0.9
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             loss = batch_loss(model, batch, config, stages=stages) if ddp is None else ddp(batch, stages=stages)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        step += 1
-        record = {"step": step, "loss": float(loss.detach())}
-        throughput.append({"step": step, "seconds": time.perf_counter() - step_started, "data_seconds": data_seconds})
-        validate = step % config.val_every == 0 or step == config.steps
+        run.step += 1
+        record = {"step": run.step, "loss": float(loss.detach())}
+        throughput.append({"step": run.step, "seconds": time.perf_counter() - step_started, "data_seconds": data_seconds})
+        validate = run.step % config.val_every == 0 or run.step == config.steps
         if validate and main:
             val = validation_dice(model, val_batches, config)
         if world > 1:  # the mean loss over the ranks, and rank 0's validation for every rank
@@ -319,16 +299,16 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", dsc_a=f"{val[0]:.3f}", dsc_v=f"{val[1]:.3f}")
         if "val_dice_artery" in record:
-            bar.log(f"train {config.kind}: step {step}/{config.steps}, loss {record['loss']:.4f}, "
+            bar.log(f"train {config.kind}: step {run.step}/{config.steps}, loss {record['loss']:.4f}, "
                     f"validation Dice artery {val[0]:.3f} vein {val[1]:.3f}")
-        if step % config.checkpoint_every == 0:
+        if run.step % config.checkpoint_every == 0:
             save(payload(final=False) if main else None)
-            if step < config.steps:  # (the last one is reported below)
-                bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output}")
+            if run.step < config.steps:  # (the last one is reported below)
+                bar.log(f"train {config.kind}: step {run.step}/{config.steps}, checkpoint {output}")
     bar.close()
     del stream  # ends the loader's worker processes
     if stopped_early:
-        bar.log(f"train {config.kind}: stopped after {config.max_minutes:g} min at step {step}/{config.steps}")
+        bar.log(f"train {config.kind}: stopped after {config.max_minutes:g} min at step {run.step}/{config.steps}")
     if stopped_early and config.kind == "cascade" and config.mode == "stagewise" and config.warm_start:
         # a run stopped before the last stage still ends with a usable cascade: stages never
         # reached carry their predecessor's weights, as warm start would have given them
@@ -345,5 +325,5 @@ def train(
     final = payload(final=True)
     final["stopped_early"] = stopped_early
     save(final)
-    bar.log(f"train {config.kind}: step {step}/{config.steps}, checkpoint {output} ({'stopped early' if stopped_early else 'finished'})")
+    bar.log(f"train {config.kind}: step {run.step}/{config.steps}, checkpoint {output} ({'stopped early' if stopped_early else 'finished'})")
     return {k: v for k, v in final.items() if k not in ("state_dict", "optimizer", "rng")}

@@ -88,7 +88,8 @@ def test_pretrain_lowers_the_reconstruction_loss_and_checkpoint_round_trips(tmp_
     assert summary["step"] == config.steps and summary["kind"] == "mae-encoder"
     state = load_checkpoint(out)
     assert set(state["state_dict"]) == {k for k in StageNet(TINY_STAGE).state_dict() if k.startswith(ENCODER_PREFIXES)}
-    assert state["pretrain_config"]["mask_ratio"] == 0.6 and "torch" in state["versions"]
+    assert state["training_config"]["mask_ratio"] == 0.6 and "torch" in state["versions"]
+    assert "pretrain_config" not in state and set(state["rng"]) == {"numpy", "torch", "mask"}
 
     # fixed evaluation patch and mask: the trained autoencoder reconstructs the masked CT better
     image = torch.from_numpy(np.concatenate([volumes[0][:, 4:36, 4:68, 4:68].astype(np.float32),
