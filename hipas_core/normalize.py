@@ -13,6 +13,10 @@ nearest neighbour drops when the target grid is coarser than the source).
 
 A ``NormalizationRecord`` (JSON-serialisable) keeps the input grid so that any mask in the
 standard grid can be mapped back exactly onto the input grid with ``to_input_grid``.
+
+Before resampling, a scan whose noise says it was reconstructed with a sharp (lung) kernel is
+smoothed in-plane (``hipas_core.noise.harmonize_noise``; ``noise_harmonization=False`` turns it
+off); the record keeps the measured noise and the smoothing applied.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class NormalizationRecord:
     orientation: str = STANDARD_ORIENTATION
     spacing_assumed: bool = False
     notes: list[str] = field(default_factory=list)
+    input_noise_hu: float | None = None  # hipas_core.noise.estimate_noise_hu of the input (None: not measured)
+    noise_smoothing_sigma_px: float = 0.0  # in-plane Gaussian applied before resampling (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,20 +175,36 @@ def normalize_ct(
     i2sr_model=None,
     device: str = "cpu",
     i2sr_threshold_mm: float = I2SR_THICKNESS_MM,
+    noise_harmonization: bool = True,
 ) -> tuple[sitk.Image, NormalizationRecord]:
     """Resample a CT (HU) onto the standardized grid; returns (float32 HU image, record).
 
     Slices thicker than ``i2sr_threshold_mm`` (the paper's 2 mm) set ``record.needs_i2sr``. They are super-resolved to
     1 mm with I2SR first when ``i2sr_model`` (a model from ``hipas_core.i2sr.load_model``) is given,
-    otherwise interpolated trilinearly like thin slices; ``record.z_method`` says which.
+    otherwise interpolated trilinearly like thin slices; ``record.z_method`` says which. With
+    ``noise_harmonization`` (default) a sharp-kernel scan is smoothed in-plane first
+    (``hipas_core.noise.harmonize_noise``; ``record.input_noise_hu``, ``record.noise_smoothing_sigma_px``).
+    The input image is not modified.
     """
     thickness = slice_thickness_mm(image)
     needs_i2sr = needs_super_resolution(thickness, i2sr_threshold_mm)
-    source, z_method, notes = image, "linear", []
+    notes = []
+    noise_hu, smoothing = None, 0.0
+    if noise_harmonization:
+        from hipas_core.noise import HARMONIZATION_THRESHOLD_HU, harmonize_noise
+
+        harmonized, measured, smoothing = harmonize_noise(image)
+        noise_hu = None if math.isnan(measured) else round(measured, 2)
+        if smoothing:
+            notes.append(f"input noise {measured:.0f} HU > {HARMONIZATION_THRESHOLD_HU:g} HU (a sharp kernel): "
+                         f"smoothed in-plane, Gaussian sigma {smoothing:g} px")
+    else:
+        harmonized = image
+    source, z_method = harmonized, "linear"
     if needs_i2sr and i2sr_model is not None:
         from hipas_core.i2sr import super_resolve
 
-        source = super_resolve(image, model=i2sr_model, device=device)
+        source = super_resolve(harmonized, model=i2sr_model, device=device)
         # I2SR output spans first-to-last input slice centre; repeat its end slices so the
         # standard grid (which covers the input's voxel-edge box) is filled as linear resampling
         # would fill it (edge values), not with outside air
@@ -207,6 +229,8 @@ def normalize_ct(
         standard_origin=tuple(float(v) for v in standard.GetOrigin()),
         spacing_assumed=bool(assumed),
         notes=notes,
+        input_noise_hu=noise_hu,
+        noise_smoothing_sigma_px=float(smoothing),
     )
     return standard, record
 

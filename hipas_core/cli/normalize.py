@@ -5,7 +5,9 @@ LPS identity direction) and the sidecar ``OUT.json`` (the ``NormalizationRecord`
 slice thickness, needs_i2sr, z_method, plus provenance). Slices thicker than
 ``--i2sr-threshold-mm`` (2 mm, the paper's) are super-resolved with I2SR before resampling, with
 ``--i2sr-model`` (default: the shipped ``i2sr-demo.pt``; loaded only for such scans), as the
-workflow and the paper do; ``--i2sr-model none`` resamples z trilinearly. ``--series-uid`` picks one series of a DICOM
+workflow and the paper do; ``--i2sr-model none`` resamples z trilinearly. A sharp-kernel scan
+(input noise > 25 HU, ``hipas_core.noise``) is smoothed in-plane first unless
+``--noise-harmonization off``. ``--series-uid`` picks one series of a DICOM
 folder holding several (default: most slices, then thinnest, then smallest UID; ``hipas_core.io``).
 
 The sidecar names the scan by its ``scan_id`` and by ``input_voxels_sha256`` (``hipas_core.io.
@@ -41,6 +43,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"slices thicker than this get I2SR (default {I2SR_THICKNESS_MM:g} mm, the paper's)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="torch device for I2SR (auto: cuda when available, else cpu)")
+    parser.add_argument("--noise-harmonization", default="auto", choices=("auto", "off"),
+                        help="'auto' (default): a scan whose noise says it was reconstructed with a sharp (lung) kernel (hipas_core.noise: > 25 HU) is smoothed in-plane before resampling, as the model card says; 'off': never")
     add_scan_stage_options(parser)
 
 
@@ -66,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
             device = resolve_device(args.device)
             model = load_model(i2sr_path, device=device)
         standard, record = normalize_ct(
-            image, i2sr_model=model, device=device, i2sr_threshold_mm=args.i2sr_threshold_mm
+            image, i2sr_model=model, device=device, i2sr_threshold_mm=args.i2sr_threshold_mm,
+            noise_harmonization=args.noise_harmonization == "auto",
         )
         hu = np.clip(np.round(sitk.GetArrayViewFromImage(standard)), -32768, 32767).astype(np.int16)
         out = sitk.GetImageFromArray(hu)
         out.CopyInformation(standard)
-        params = {"i2sr_threshold_mm": args.i2sr_threshold_mm, "series_uid_given": args.series_uid is not None,
+        params = {"i2sr_threshold_mm": args.i2sr_threshold_mm, "noise_harmonization": args.noise_harmonization,
+                  "series_uid_given": args.series_uid is not None,
                   "metadata_table_sha256": file_sha256(args.metadata_table) if args.metadata_table else None,
                   "i2sr_model_sha256": file_sha256(i2sr_path) if i2sr_path else None}
         identity = {"scan_id": scan_id, "input_voxels_sha256": voxel_sha256(image)}

@@ -7,7 +7,8 @@
 ``--record``: the input is a CT already normalized by ``hipas normalize`` and NORM.json (its
 sidecar) maps the labels back to the original grid. Without it the scan is normalized here as
 ``hipas normalize`` does: slices thicker than 2 mm through I2SR (``--i2sr-model``, default the
-shipped ``i2sr-demo.pt``; ``none`` for trilinear z). ``--std-output``: also the labels in the
+shipped ``i2sr-demo.pt``; ``none`` for trilinear z) and a sharp-kernel scan smoothed in-plane
+(``--noise-harmonization``). ``--std-output``: also the labels in the
 standardized grid the network worked in; measure those (``hipas morphometry``), not the
 input-grid labels, for thick-slice scans: mapped to 2.5-5 mm slices, thin vessels are lost
 (centerline length -12 to -19 % on a full phantom). ``--batch``: a tab-separated file with
@@ -57,6 +58,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--i2sr-model", default=str(shipped_model("i2sr-demo.pt")),
                         help="without --record: I2SR checkpoint for slices thicker than 2 mm (default: the "
                         "shipped i2sr-demo.pt, as hipas normalize); 'none': trilinear z")
+    parser.add_argument("--noise-harmonization", default="auto", choices=("auto", "off"),
+                        help="without --record, as hipas normalize: 'auto' (default): a scan whose noise says it was reconstructed with a sharp (lung) kernel (hipas_core.noise: > 25 HU) is smoothed in-plane before resampling, as the model card says; 'off': never")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     add_scan_stage_options(parser)
 
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch, precision=args.precision,
                           confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent,
-                          progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model)
+                          progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model,
+                          noise_harmonization=args.noise_harmonization == "auto")
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,
                             probabilities=args.probabilities, std_output=args.std_output,

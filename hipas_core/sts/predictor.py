@@ -147,6 +147,8 @@ class Predictor:
     pass. A crop smaller than the window is run as one window of its own size, and a longer axis
     with the smallest window that tiles it in as many windows at ``overlap`` (``fitted_window``).
     ``confine`` (default True) removes predictions outside the thoracic cavity.
+    ``noise_harmonization`` (default True): a raw scan (no record) with a sharp kernel's noise is
+    smoothed in-plane before normalization, as ``hipas normalize`` does (``hipas_core.noise``).
     ``branch_consistent`` (default: the checkpoint's ``inference["branch_consistent"]``, else
     False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``, with
     ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
@@ -175,8 +177,10 @@ class Predictor:
         progress: str | None = None,
         i2sr_model: str | os.PathLike | None = None,
         channels_last: bool | None = None,
+        noise_harmonization: bool = True,
     ) -> None:
         self.confine = bool(confine)
+        self.noise_harmonization = bool(noise_harmonization)
         # a raw scan (no record) with thick slices is normalized through this I2SR checkpoint, as
         # hipas normalize does; None: trilinear z
         self.i2sr_model_path = None if i2sr_model is None else Path(i2sr_model)
@@ -330,7 +334,7 @@ class Predictor:
         if record is None:
             with self._stage("normalize"):
                 standard, record = normalize_ct(ct_image, i2sr_model=self._i2sr_for(ct_image),
-                                                device=self.device.type)
+                                                device=self.device.type, noise_harmonization=self.noise_harmonization)
         else:
             spacing = ct_image.GetSpacing()[::-1]
             if not is_standard_grid(ct_image, rtol=1e-5, atol=1e-3):
