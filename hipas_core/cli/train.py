@@ -169,13 +169,14 @@ def _check_checkpoints(args: argparse.Namespace) -> None:
 def _prior_cache_dir(args: argparse.Namespace) -> str | None:
     """Where ``--cached-priors`` keeps the priors on disk: the phantom cache's ``priors`` folder;
     beside the checkpoint with ``--prepared`` (the workers read them there); none with ``--data``
-    (in memory)."""
+    (in memory). As the options give it (relative stays relative): the checkpoint records it, and
+    a machine's absolute path does not belong in a model file."""
     from pathlib import Path
 
     if not args.cached_priors or args.data:
         return None
     if args.prepared:
-        return str(Path(args.out).resolve().parent / "priors")
+        return str(Path(args.out).parent / "priors")
     return str(Path(args.cache) / "priors")
 
 
