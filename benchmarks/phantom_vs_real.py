@@ -12,7 +12,8 @@ connected region above -500 HU, slice by slice with holes filled. Printed, one c
   mean and 10th / 50th / 90th percentile; share of the lung voxels above -500 HU (vessels, airway
   walls, fissures, lesions);
 * noise: robust SD (1.4826 x MAD, HU) of the image minus its 3 x 3 in-plane median, in soft
-  tissue (body voxels whose 5 x 5 in-plane median is -100..100 HU, eroded by 2 voxels); noise power spectrum of 16 x 16 soft-tissue
+  tissue (``hipas_core.noise.soft_tissue_mask`` within the body, the measure the noise harmonization
+  decides by); noise power spectrum of 16 x 16 soft-tissue
   patches (mean-subtracted, radially averaged): its mean spatial frequency (mm^-1; sharper
   reconstruction kernels push it up) and the share of noise power above 0.3 mm^-1;
 * body outline: cross-section area (cm^2) at the lung apex (the slice 10 % of the lungs' height
@@ -112,6 +113,8 @@ def figures(ct_image, lung_map: np.ndarray) -> dict[str, float]:
     import SimpleITK as sitk
     from scipy import ndimage
 
+    from hipas_core.noise import residual_noise_sd, soft_tissue_mask
+
     ct = sitk.GetArrayFromImage(ct_image).astype(np.float32)
     spacing = ct_image.GetSpacing()[::-1]  # (z, y, x) mm
     lungs = lung_map > 0
@@ -125,13 +128,9 @@ def figures(ct_image, lung_map: np.ndarray) -> dict[str, float]:
     for q in (10, 50, 90):
         out[f"parenchyma p{q} HU"] = float(np.percentile(hu, q))
     out["lung voxels > -500 HU (%)"] = 100.0 * float((ct[lungs] > -500).mean())
-    # soft tissue decided on a 5 x 5 in-plane median, so that the noise itself does not punch holes in it
-    smooth = ndimage.median_filter(ct, size=(1, 5, 5))
-    soft = ndimage.binary_erosion(body & (smooth > -100) & (smooth < 100), structure=np.ones((1, 5, 5), bool))
-    del smooth
-    residual = ct - ndimage.median_filter(ct, size=(1, 3, 3))
-    values = residual[soft]
-    out["noise SD, soft tissue (HU)"] = float(1.4826 * np.median(np.abs(values - np.median(values))))
+    # the measure hipas normalize decides the noise harmonization by (hipas_core.noise), on every slice
+    soft = soft_tissue_mask(ct) & body
+    out["noise SD, soft tissue (HU)"] = residual_noise_sd(ct, soft)
     mean_frequency, high_share = noise_power(ct, soft, spacing)
     out["NPS mean frequency (1/mm)"] = mean_frequency
     out["NPS power above 0.3/mm (%)"] = 100.0 * high_share

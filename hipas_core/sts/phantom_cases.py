@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hipas_core.conventions import DEMO_VESSELNESS_SIGMAS_MM
+from hipas_core.phantom.spec import PHANTOM_VERSION
 from hipas_core.sts.data import TrainingCase, file_digest, loaded_i2sr_model, prepare_case
 
 __all__ = ["parse_seeds", "phantom_case", "phantom_plan", "phantom_scan_folder"]
@@ -35,7 +36,6 @@ def phantom_case(
     carries the phantom generator's version (``-p<PHANTOM_VERSION>``): a cache of an earlier
     generator is never read as this one's phantom."""
     from hipas_core.conventions import I2SR_THICKNESS_MM, needs_super_resolution
-    from hipas_core.phantom.spec import PHANTOM_VERSION
 
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
@@ -86,8 +86,6 @@ def phantom_scan_folder(
     """``work/phantom-<seed>-p<PHANTOM_VERSION>``, holding the small phantom's NIfTI files (ct,
     labels, levels, lungs, truth.json); written on first use, reused afterwards (for evaluation
     scans; the generator's version in the name keeps an earlier generator's scans apart)."""
-    from hipas_core.phantom.spec import PHANTOM_VERSION
-
     folder = Path(work) / f"phantom-{seed}-p{PHANTOM_VERSION}"
     if not (folder / "ct.nii.gz").is_file():
         from hipas_core.phantom import PhantomSpec, generate_phantom
