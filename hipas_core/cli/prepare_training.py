@@ -88,7 +88,8 @@ def _settings(args: argparse.Namespace, i2sr: str | None, **extra) -> dict:
 
     return {"vesselness_sigmas_mm": list(args.vesselness_sigmas), "margin_mm": MARGIN_MM,
             "hu_window": list(HU_WINDOW), "standard_spacing_mm": list(STANDARD_SPACING),
-            "synthetic_ncct": bool(args.synthetic_ncct), "i2sr": i2sr_record(i2sr), **extra}
+            "synthetic_ncct": bool(args.synthetic_ncct), "i2sr": i2sr_record(i2sr),
+            "noise_harmonization": "auto", **extra}  # hipas_core.noise, as hipas segment does it
 
 
 def _synthetic_ncct_sigmas(args: argparse.Namespace) -> tuple[float, ...] | None:

@@ -188,7 +188,9 @@ def prepare_case(
     Without ``levels`` they are derived with ``hipas_core.levels``; without ``lungs`` the lung
     channel is the threshold lung mask. ``i2sr_model`` (a loaded I2SR network): slices thicker
     than 2 mm are super-resolved through it, as ``hipas segment`` normalizes them, so the network
-    trains on the input it will see; None: trilinear z. ``meta["z_method"]`` says which.
+    trains on the input it will see; None: trilinear z. ``meta["z_method"]`` says which. A
+    sharp-kernel CT is noise-harmonized as ``hipas segment`` does it (``hipas_core.noise``);
+    ``meta["input_noise_hu"]`` and ``meta["noise_smoothing_sigma_px"]`` record it.
     """
     import SimpleITK as sitk
 
@@ -228,7 +230,8 @@ def prepare_case(
         lungs=lungs_std[box].astype(np.uint8),
         territory=level_territories(levels_c),
         weights=level_weights(levels_std, labels_std),
-        meta={**(meta or {}), "box": [(s.start, s.stop) for s in box], "z_method": record.z_method},
+        meta={**(meta or {}), "box": [(s.start, s.stop) for s in box], "z_method": record.z_method,
+              "input_noise_hu": record.input_noise_hu, "noise_smoothing_sigma_px": record.noise_smoothing_sigma_px},
     )
 
 

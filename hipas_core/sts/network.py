@@ -22,6 +22,8 @@ from torch import nn
 
 DOWNSAMPLINGS = 4
 SIZE_MULTIPLE = 2**DOWNSAMPLINGS
+# without gradients, a block's pointwise layers run on z-slabs of at most this many voxels per channel
+POINTWISE_SLAB_VOXELS = 1 << 20
 
 
 def _groups(channels: int) -> int:
@@ -46,8 +48,29 @@ class ResidualBlock(nn.Module):
         self.fuse = nn.Conv3d(2 * channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.act(self.expand(self.norm(self.depthwise(x)))))
+        h = self.norm(self.depthwise(x))
+        if torch.is_grad_enabled() or h[0, 0].numel() <= POINTWISE_SLAB_VOXELS:
+            y = self.project(self.act(self.expand(h)))
+        else:
+            y = self._pointwise_in_slabs(h)
+        del h
         return x + self.fuse(torch.cat([y, x], dim=1))
+
+    def _pointwise_in_slabs(self, h: torch.Tensor) -> torch.Tensor:
+        """expand -> GELU -> project, slab by slab along z: the same values (every op is per
+        voxel), without the x4-wide expansion of the whole window alive at once (at full
+        resolution in inference it was the largest tensor of a ``hipas segment`` call)."""
+        step = max(1, POINTWISE_SLAB_VOXELS // (h.shape[3] * h.shape[4]))
+        y = None
+        for start in range(0, h.shape[2], step):
+            slab = self.project(self.act(self.expand(h[:, :, start:start + step])))
+            if y is None:
+                shape = (h.shape[0], slab.shape[1], *h.shape[2:])
+                layout = (torch.channels_last_3d if slab.is_contiguous(memory_format=torch.channels_last_3d)
+                          else torch.contiguous_format)
+                y = torch.empty(shape, dtype=slab.dtype, device=slab.device, memory_format=layout)
+            y[:, :, start:start + step] = slab
+        return y
 
 
 class DownSample(nn.Module):

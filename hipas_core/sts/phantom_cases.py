@@ -34,14 +34,16 @@ def phantom_case(
     normalizes them; the cache name then carries the first 8 hex digits of its SHA-256
     (``-i2sr<digest>``), so cases prepared through different models never mix. The name also
     carries the phantom generator's version (``-p<PHANTOM_VERSION>``): a cache of an earlier
-    generator is never read as this one's phantom."""
+    generator is never read as this one's phantom, and ``-h`` that the case was noise-harmonized
+    (``hipas_core.noise``; caches from before the harmonization lack it)."""
     from hipas_core.conventions import I2SR_THICKNESS_MM, needs_super_resolution
 
     sigmas_tag = "-".join(f"{s:g}" for s in vesselness_sigmas_mm)
     thickness_tag = "seed" if slice_thickness_mm is None else f"{slice_thickness_mm:g}"
     size_tag = "" if size == "small" else f"{size}-"  # small names as before: existing caches stay valid
-    name = (f"phantom-{size_tag}{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"  # -nn: nearest-neighbour targets
-            f"-p{PHANTOM_VERSION}")
+    # -nn: nearest-neighbour targets; -h: noise-harmonized as hipas segment does it
+    name = (f"phantom-{size_tag}{seed}-{protocol}-{thickness_tag}mm-v{sigmas_tag}-nn"
+            f"-p{PHANTOM_VERSION}-h")
     use_i2sr = (i2sr_model is not None and slice_thickness_mm is not None
                 and needs_super_resolution(slice_thickness_mm, I2SR_THICKNESS_MM))
     if use_i2sr:

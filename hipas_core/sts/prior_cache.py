@@ -54,8 +54,9 @@ def cached_prior(model, cache: dict, case: TrainingCase, *, config: TrainConfig,
 
 
 def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, device) -> Path | None:
-    """Where the prior of ``case`` lies on disk: named by the case, the stage, and a digest of
-    what it depends on (the frozen stages and transmissions, window, overlap, device type);
+    """Where the prior of ``case`` lies on disk: named by the case, the stage, a digest of what
+    it depends on (the frozen stages and transmissions, window, overlap, device type) and one of
+    the case's image (a case prepared again, e.g. noise-harmonized, never reads the old prior);
     None without ``config.prior_cache_dir``."""
     if config.prior_cache_dir is None:
         return None
@@ -72,7 +73,14 @@ def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, 
         window = tuple(config.inference_window or config.patch)
         digest.update(repr((window, config.inference_overlap, torch.device(device).type)).encode())
         cache["digest"] = digest.hexdigest()[:16]
-    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}.npy"
+    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}-{_image_digest(case)}.npy"
+
+
+def _image_digest(case: TrainingCase) -> str:
+    import hashlib
+
+    image = np.ascontiguousarray(case.image)
+    return hashlib.blake2b(memoryview(image).cast("B"), digest_size=6).hexdigest()
 
 
 def prior_files(model, stage: int, cases, *, config: TrainConfig, device, autocast) -> dict[str, str]:

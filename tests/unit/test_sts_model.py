@@ -43,6 +43,25 @@ def test_stage_net_shape_and_gradients():
     _all_params_have_gradients(net)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_block_pointwise_slabs_give_the_same_values(monkeypatch, channels_last):
+    """Without gradients a large window runs its pointwise layers slab by slab along z (less
+    memory); the values are those of the whole-window pass, a shorter last slab included."""
+    from hipas_core.sts import network
+
+    torch.manual_seed(0)
+    block = network.ResidualBlock(8).eval()
+    x = torch.randn(1, 8, 20, 16, 24)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last_3d), x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        whole = block(x)
+        monkeypatch.setattr(network, "POINTWISE_SLAB_VOXELS", 16 * 24 * 3)  # slabs of 3 slices: 7, the last of 2
+        slabs = block(x)
+    assert torch.equal(slabs, whole)
+    assert slabs.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+
+
 def test_stage_net_rejects_sizes_not_multiple_of_16():
     with pytest.raises(ValueError, match="multiple of 16"):
         StageNet(TINY)(torch.rand(1, 4, 16, 24, 16))

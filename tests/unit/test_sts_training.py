@@ -236,6 +236,10 @@ def test_priors_on_disk_are_read_back_and_follow_the_frozen_weights(tmp_path):
         model.transmissions[0].conv1.bias.add_(1.0)
     changed = prior({"stage": 2})
     assert len(list((tmp_path / "priors").iterdir())) == 2 and not np.array_equal(changed, first)
+    case.image = case.image.copy()  # the same case prepared again (e.g. noise-harmonized): a new file
+    case.image[0, 4:8, 4:8, 4:8] += 0.5
+    prior({"stage": 2})
+    assert len(list((tmp_path / "priors").iterdir())) == 3
 
 
 def test_extra_arrays_are_cut_and_flipped_with_the_labels():
