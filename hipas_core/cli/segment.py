@@ -55,6 +55,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="keep predictions outside the thoracic cavity (default: removed; see the model card)")
     parser.add_argument("--branch-consistent", action=argparse.BooleanOptionalAction, default=None,
                         help="one class per skeleton branch (default: as the model's card says)")
+    parser.add_argument("--attach-fragments", action=argparse.BooleanOptionalAction, default=None,
+                        help="a small piece of one class that touches the other class's tree joins that "
+                        "tree (hipas_core.sts.fragments; default: as the model's card says)")
     parser.add_argument("--i2sr-model", default=str(shipped_model("i2sr-demo.pt")),
                         help="without --record: I2SR checkpoint for slices thicker than 2 mm (default: the "
                         "shipped i2sr-demo.pt, as hipas normalize); 'none': trilinear z")
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch, precision=args.precision,
                           confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent,
-                          progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model,
+                          attach_fragments=args.attach_fragments, progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model,
                           noise_harmonization=args.noise_harmonization == "auto")
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,

@@ -106,12 +106,14 @@ def export_for_inference(
     half: bool = False,
     branch_consistent: bool | None = None,
     branch_coupling: float | None = None,
+    attach_fragments: bool | None = None,
 ) -> None:
     """Copy a training checkpoint without optimizer and RNG state (weights as float32, or
     float16 with ``half`` to halve the file; loading casts them back to the model's float32),
     optionally with per-class thresholds (artery, vein) chosen on validation data, a new
     inference window (z, y, x) / overlap, and whether the predictor makes the labels
-    branch-consistent by default, and with which coupling (``hipas_core.sts.branch_labels``)."""
+    branch-consistent by default, and with which coupling (``hipas_core.sts.branch_labels``),
+    and whether it attaches tree fragments (``hipas_core.sts.fragments``)."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
     if half:
@@ -129,5 +131,7 @@ def export_for_inference(
         inference["branch_consistent"] = bool(branch_consistent)
     if branch_coupling is not None:
         inference["branch_coupling"] = float(branch_coupling)
+    if attach_fragments is not None:
+        inference["attach_fragments"] = bool(attach_fragments)
     payload["inference"] = inference
     save_checkpoint(destination, payload)

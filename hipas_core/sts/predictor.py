@@ -153,7 +153,10 @@ class Predictor:
     False) gives every skeleton branch one class (``hipas_core.sts.branch_labels``, with
     ``branch_coupling`` between branches that meet, default the checkpoint's, else 0): where a
     branch's voxels change class, their artery and vein probabilities are swapped, so the labels
-    in both grids follow. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
+    in both grids follow. ``attach_fragments`` (default: the checkpoint's
+    ``inference["attach_fragments"]``, else False): after that, a small piece of one class that
+    touches the other class's tree takes the other class (``hipas_core.sts.fragments``), its
+    probabilities swapped the same way. ``progress``: ``hipas_core.progress`` mode (default: bar on a terminal,
     else log lines; ``"off"`` for none). ``precision``: ``"auto"`` (on a CPU that computes
     bf16 natively, ``cpu_has_native_bf16``, bf16 with channels-last tensors, else float32; on
     CUDA bf16 where supported, else fp16), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -174,6 +177,7 @@ class Predictor:
         confine: bool = True,
         branch_consistent: bool | None = None,
         branch_coupling: float | None = None,
+        attach_fragments: bool | None = None,
         progress: str | None = None,
         i2sr_model: str | os.PathLike | None = None,
         channels_last: bool | None = None,
@@ -205,6 +209,8 @@ class Predictor:
                                       else branch_consistent)
         self.branch_coupling = float(inference.get("branch_coupling", 0.0) if branch_coupling is None
                                      else branch_coupling)
+        self.attach_fragments = bool(inference.get("attach_fragments", False) if attach_fragments is None
+                                     else attach_fragments)
         self.vesselness_sigmas_mm = tuple(inference.get("vesselness_sigmas_mm", DEMO_VESSELNESS_SIGMAS_MM))
         self.batch_size = int(batch_size)
         native_bf16 = precision == "auto" and self.device.type == "cpu" and cpu_has_native_bf16()
@@ -369,20 +375,33 @@ class Predictor:
         if cavity is not None:
             probs_crop *= cavity
             del cavity
-        if self.branch_consistent:
-            from hipas_core.sts.branch_labels import branch_consistent_labels
-
+        labels_crop = exclusive_labels(probs_crop, self.thresholds)
+        if self.branch_consistent or self.attach_fragments:
             started = time.perf_counter()
-            with self._stage("branch labels"):
-                voxel_labels = exclusive_labels(probs_crop, self.thresholds)
-                consistent = branch_consistent_labels(probs_crop, voxel_labels, coupling=self.branch_coupling)
-                flipped = (consistent != voxel_labels) & (voxel_labels > 0)
+            steps = [name for name, on in (("branch labels", self.branch_consistent),
+                                           ("tree fragments", self.attach_fragments)) if on]
+            with self._stage(" and ".join(steps)):
+                relabelled = labels_crop
+                if self.branch_consistent:
+                    from hipas_core.sts.branch_labels import branch_consistent_labels
+
+                    relabelled = branch_consistent_labels(probs_crop, relabelled, coupling=self.branch_coupling)
+                if self.attach_fragments:
+                    from hipas_core.sts.fragments import attach_fragments
+
+                    relabelled = attach_fragments(relabelled)
+                flipped = (relabelled != labels_crop) & (labels_crop > 0)
                 probs_crop[0][flipped], probs_crop[1][flipped] = probs_crop[1][flipped], probs_crop[0][flipped]
+                # the labels are taken as relabelled, not thresholded again from the swapped
+                # probabilities (with unequal class thresholds a swapped voxel could fall below one)
+                labels_crop = relabelled
+                del flipped
             timings["branches_s"] = time.perf_counter() - started
         started = time.perf_counter()
         with self._stage("labels and probabilities to the input grid"):
             standard_array = np.zeros(full_shape, dtype=np.uint8)
-            standard_array[box] = exclusive_labels(probs_crop, self.thresholds)
+            standard_array[box] = labels_crop
+            del labels_crop
             standard_labels = sitk.GetImageFromArray(standard_array)
             standard_labels.SetOrigin(grid.GetOrigin())
             standard_labels.SetSpacing(grid.GetSpacing())

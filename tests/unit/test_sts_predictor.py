@@ -159,6 +159,9 @@ def test_export_for_inference_sets_window_thresholds_and_drops_training_state(ti
     assert predictor.branch_consistent is False  # off unless the checkpoint says so
     export_for_inference(tiny_model, out, branch_consistent=True)
     assert Predictor(out).branch_consistent is True and Predictor(out, branch_consistent=False).branch_consistent is False
+    assert Predictor(out).attach_fragments is False  # off unless the checkpoint says so
+    export_for_inference(tiny_model, out, attach_fragments=True)
+    assert Predictor(out).attach_fragments is True and Predictor(out, attach_fragments=False).attach_fragments is False
 
 
 def test_branch_consistent_predictor_keeps_the_vessel_mask(tiny_model):
@@ -175,6 +178,9 @@ def test_branch_consistent_predictor_keeps_the_vessel_mask(tiny_model):
     vessels = sitk.GetArrayFromImage(a.standard_labels) > 0
     assert vessels.any()
     assert np.array_equal(vessels, sitk.GetArrayFromImage(b.standard_labels) > 0)
+    branched.attach_fragments = True  # tree fragments attached on top: the same vessel mask again
+    c = branched.segment(image)
+    assert np.array_equal(vessels, sitk.GetArrayFromImage(c.standard_labels) > 0)
 
 
 def test_calibrate_thresholds_picks_the_threshold_that_reproduces_the_truth_in_the_input_grid(tiny_model):
