@@ -116,6 +116,9 @@ def test_prepared_phantom_round_trips_to_the_in_memory_case(prepared_phantom, ph
     assert record["source"]["kind"] == "phantom" and record["protocol"] == "ncct"
     assert record["arrays"]["image"] == {"shape": [2, *loaded.shape], "dtype": "float16"}
     assert record["settings"]["vesselness_sigmas_mm"] == [0.7, 1.5] and record["hipas_version"]
+    # the noise harmonization hipas segment applies is recorded (a smooth-kernel phantom: measured, not smoothed)
+    assert record["settings"]["noise_harmonization"] == "auto"
+    assert 0 < record["meta"]["input_noise_hu"] < 25 and record["meta"]["noise_smoothing_sigma_px"] == 0.0
 
 
 def test_rewriting_a_case_replaces_it_and_a_failed_write_leaves_the_old_one(tmp_path, monkeypatch):
