@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, device=args.device, window=tuple(args.window) if args.window else None,
                           overlap=args.overlap, batch_size=args.window_batch, precision=args.precision,
                           confine=not args.keep_outside_cavity, branch_consistent=args.branch_consistent,
-                          attach_fragments=args.attach_fragments, progress=mode, i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model,
+                          attach_fragments=args.attach_fragments, progress=mode,
+                          i2sr_model=None if args.i2sr_model == "none" else args.i2sr_model,
                           noise_harmonization=args.noise_harmonization == "auto")
     if not args.batch:
         return _segment_one(predictor, input_path=args.input, output=args.output, record=args.record,

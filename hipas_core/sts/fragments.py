@@ -31,12 +31,13 @@ def attach_fragments(labels: np.ndarray, *, main_share: float = MAIN_SHARE, roun
     for _ in range(rounds):
         # one component image for both classes (cc3d keeps different labels apart)
         components = cc3d.connected_components(out, connectivity=26)
-        sizes = np.bincount(components.ravel())
+        flat = components.ravel()
+        sizes = np.bincount(flat)
         sizes[0] = 0
         if len(sizes) <= 2:
             break
         classes = np.zeros(len(sizes), dtype=np.uint8)
-        classes[components.ravel()] = out.ravel()  # every voxel of a component has its class
+        classes[flat] = out.ravel()  # every voxel of a component has its class
         main = np.zeros(len(sizes), dtype=bool)
         for value in (1, 2):
             of_class = classes == value

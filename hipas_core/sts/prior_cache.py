@@ -73,7 +73,10 @@ def _prior_path(model, cache: dict, case: TrainingCase, *, config: TrainConfig, 
         window = tuple(config.inference_window or config.patch)
         digest.update(repr((window, config.inference_overlap, torch.device(device).type)).encode())
         cache["digest"] = digest.hexdigest()[:16]
-    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}-{_image_digest(case)}.npy"
+    images = cache.setdefault("image_digests", {})  # each image read once, not once per lookup
+    if case.name not in images:
+        images[case.name] = _image_digest(case)
+    return Path(config.prior_cache_dir) / f"{case.name}-prior{cache['stage']}-{cache['digest']}-{images[case.name]}.npy"
 
 
 def _image_digest(case: TrainingCase) -> str:
