@@ -5,8 +5,8 @@ NCCT, even CTPA, the first half thin 0.8-1.25 mm, the second thick 2.5-3 mm slic
 workflow runs, in one process: normalize (``normalize_ct``: the record of ``hipas normalize``;
 slices thicker than 2 mm through the I2SR model of ``config/config.yaml`` as the workflow does,
 or trilinear with ``--i2sr-model none``, as ``hipas segment`` alone does),
-segment the normalized CT with that record (``Predictor.segment``, as ``hipas segment --record
---std-output``), lungs on the normalized CT (threshold method, as ``rules/measure.smk``), and
+segment the normalized CT with that record and the phantom's protocol (``Predictor.segment``, as
+``hipas segment --record --std-output --protocol``), lungs on the normalized CT (threshold method, as ``rules/measure.smk``), and
 morphometry of the standardized-grid labels (``morphometry_row``). Each figure is compared with
 the generator's intrapulmonary truth (``truth.json``): SL (centreline mm) and BC (bifurcations) of
 both trees, and the lung volume (lungs minus intrapulmonary vessels). The same chain on the true
@@ -70,7 +70,7 @@ def main() -> int:
         ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
         started = time.perf_counter()
         standard, record = normalize_ct(ct, i2sr_model=i2sr)
-        segmentation = predictor.segment(standard, record=record)
+        segmentation = predictor.segment(standard, record=record, protocol=protocol)  # as the workflow
         lungs = threshold_lungs(standard)
         measured, _ = morphometry_row(segmentation.standard_labels, lungs, scan_id=f"phantom-{seed}")
         seconds = time.perf_counter() - started

@@ -8,7 +8,8 @@ read, normalize, lung crop, sliding window, back to the input grid), and scored 
 phantom truth in the input grid with ``hipas_core.metrics.evaluate_labels`` (DSC, sensitivity,
 MCS, HD95 in the input grid; TD, BD in the standardized grid; intrapulmonary rows from the
 phantom lung mask). Summary: mean with t-based 95 % CI, paired two-sided Wilcoxon signed-rank
-(cascade vs baseline). Each model is scored at its checkpoint's calibrated thresholds, or both at
+(cascade vs baseline). Each model is scored at its checkpoint's calibrated thresholds (its thresholds
+for the phantom's protocol where its card has them, as the workflow), or both at
 ``--fixed-threshold``. Writes a markdown table (default ``benchmarks/demo_model_eval.md``) and
 the per-scan rows as CSV in the work folder.
 
@@ -82,10 +83,11 @@ def main() -> int:
         predictor = Predictor(model, device="cpu", i2sr_model=i2sr)  # as hipas segment: I2SR above 2 mm
         if args.fixed_threshold is not None:
             predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
+            predictor.thresholds_by_protocol = {}
         rows = []
         for scan in scans:
             started = time.perf_counter()
-            result = predictor.segment_file(scan["folder"] / "ct.nii.gz")
+            result = predictor.segment_file(scan["folder"] / "ct.nii.gz", protocol=scan["protocol"])
             seconds = time.perf_counter() - started
             pred = sitk.GetArrayFromImage(result.labels)
             truth_image = sitk.ReadImage(str(scan["folder"] / "labels.nii.gz"))

@@ -8,9 +8,13 @@ thresholds the pooled validation Dice is measured per voxel and with branch-cons
 setting with the highest mean of the artery and vein Dice; with that setting the Dice with tree
 fragments attached (``hipas_core.sts.fragments``) is printed too, and ``--attach-fragments``
 makes that the model's default (the network runs once per phantom for all of them).
+``--protocol-thresholds CTPA=0.9,0.65`` (repeatable) gives scans of that protocol their own
+thresholds (``Predictor.thresholds_for``); choose them on the validation phantoms by the
+end-to-end morphometry (``benchmarks/end_to_end_morphometry.py --seeds 501-508``), not the Dice:
+the validation Dice printed here is at the calibrated thresholds.
 
     .venv/bin/python models/export_demo_model.py TRAIN.pt OUT.pt [--val-seeds 501-508] [--threads 1] [--half]
-        [--i2sr-model I2SR.pt] [--attach-fragments]
+        [--i2sr-model I2SR.pt] [--attach-fragments] [--protocol-thresholds CTPA=A,V ...]
 """
 
 from __future__ import annotations
@@ -36,7 +40,16 @@ def main() -> int:
                         help="make attached tree fragments (hipas_core.sts.fragments) the model's default")
     parser.add_argument("--i2sr-model", help="I2SR checkpoint the thick validation scans go through (default: the "
                         "shipped i2sr-demo.pt, as hipas segment)")
+    parser.add_argument("--protocol-thresholds", action="append", default=[], metavar="PROTOCOL=A,V",
+                        help="artery and vein thresholds for scans of PROTOCOL (NCCT or CTPA), repeatable")
     args = parser.parse_args()
+    by_protocol = {}
+    for item in args.protocol_thresholds:
+        protocol, _, pair = item.partition("=")
+        try:
+            by_protocol[protocol.strip().upper()] = tuple(float(t) for t in pair.split(","))
+        except ValueError:
+            parser.error(f"--protocol-thresholds {item!r}: PROTOCOL=ARTERY,VEIN")
 
     import SimpleITK as sitk
     import torch
@@ -84,10 +97,12 @@ def main() -> int:
           flush=True)
     attach = args.attach_fragments
     export_for_inference(args.source, args.destination, thresholds=thresholds, branch_consistent=consistent,
-                         branch_coupling=coupling, attach_fragments=attach, **settings)
+                         branch_coupling=coupling, attach_fragments=attach, thresholds_by_protocol=by_protocol,
+                         **settings)
     print(f"{args.destination}: thresholds artery {thresholds[0]}, vein {thresholds[1]} "
           f"(validation phantoms {args.val_seeds}); default branch-consistent {consistent}, coupling {coupling:g}, "
-          f"tree fragments attached {attach}")
+          f"tree fragments attached {attach}"
+          + "".join(f"; {p} artery {a:g}, vein {v:g}" for p, (a, v) in sorted(by_protocol.items())))
     return 0
 
 

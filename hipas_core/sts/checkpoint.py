@@ -107,13 +107,16 @@ def export_for_inference(
     branch_consistent: bool | None = None,
     branch_coupling: float | None = None,
     attach_fragments: bool | None = None,
+    thresholds_by_protocol: dict[str, tuple[float, float]] | None = None,
 ) -> None:
     """Copy a training checkpoint without optimizer and RNG state (weights as float32, or
     float16 with ``half`` to halve the file; loading casts them back to the model's float32),
     optionally with per-class thresholds (artery, vein) chosen on validation data, a new
     inference window (z, y, x) / overlap, and whether the predictor makes the labels
     branch-consistent by default, and with which coupling (``hipas_core.sts.branch_labels``),
-    and whether it attaches tree fragments (``hipas_core.sts.fragments``)."""
+    and whether it attaches tree fragments (``hipas_core.sts.fragments``).
+    ``thresholds_by_protocol`` ({"NCCT" or "CTPA": (artery, vein)}) replaces the thresholds for
+    scans of those protocols (``Predictor.thresholds_for``); ``{}`` removes them."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
     if half:
@@ -133,5 +136,12 @@ def export_for_inference(
         inference["branch_coupling"] = float(branch_coupling)
     if attach_fragments is not None:
         inference["attach_fragments"] = bool(attach_fragments)
+    if thresholds_by_protocol is not None:
+        from hipas_core.sts.predictor import protocol_thresholds
+
+        checked = protocol_thresholds(thresholds_by_protocol, source="thresholds_by_protocol")
+        inference["thresholds_by_protocol"] = {key: [float(t) for t in pair] for key, pair in sorted(checked.items())}
+        if not checked:
+            del inference["thresholds_by_protocol"]
     payload["inference"] = inference
     save_checkpoint(destination, payload)

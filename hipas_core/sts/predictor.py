@@ -32,6 +32,7 @@ from hipas_core.allocator import release_free_memory
 from hipas_core.conventions import (
     ARTERY,
     DEMO_VESSELNESS_SIGMAS_MM,
+    PROTOCOLS,
     STANDARD_SPACING,
     VEIN,
     is_standard_grid,
@@ -105,6 +106,26 @@ def pooled_dice(predictor: Predictor, scans) -> tuple[float, float]:
     return float(dice[0]), float(dice[1])
 
 
+def protocol_thresholds(table, *, source) -> dict[str, tuple[float, float]]:
+    """A checkpoint's ``inference["thresholds_by_protocol"]`` ({protocol: [artery, vein]}) checked:
+    protocols from ``conventions.PROTOCOLS`` (any case; keys returned upper case), two
+    thresholds in (0, 1) each. ``InvalidInputError`` naming ``source`` otherwise."""
+    if not isinstance(table, dict):
+        raise InvalidInputError(f"{source}: inference thresholds_by_protocol is not a table of protocols")
+    checked = {}
+    for protocol, pair in table.items():
+        key = str(protocol).strip().upper()
+        try:
+            values = tuple(float(t) for t in pair)
+        except (TypeError, ValueError):
+            values = ()
+        if key not in PROTOCOLS or len(values) != 2 or not all(0.0 < t < 1.0 for t in values):
+            raise InvalidInputError(f"{source}: inference thresholds_by_protocol {protocol!r}: {pair!r} is not "
+                                    f"a protocol ({', '.join(PROTOCOLS)}) with two thresholds in (0, 1)")
+        checked[key] = values
+    return checked
+
+
 def exclusive_labels(probabilities, thresholds=(0.5, 0.5)) -> np.ndarray:
     """(2, ...) artery/vein probabilities (an array, or a pair of equal-shape arrays) -> uint8
     labels (0 bg, 1 artery, 2 vein), exclusive."""
@@ -130,6 +151,7 @@ class Segmentation:
     probabilities: object | None  # SimpleITK 2-component float32 vector image (artery, vein)
     timings: dict = field(default_factory=dict)
     standard_labels: object | None = None  # SimpleITK uint8 on the standardized grid
+    thresholds: tuple[float, float] = (0.5, 0.5)  # (artery, vein) the labels were thresholded at
 
 
 def cpu_has_native_bf16() -> bool:
@@ -143,6 +165,9 @@ class Predictor:
     """Loads a checkpoint once; ``segment(ct_image)`` / ``segment_file(path)`` per scan.
 
     ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
+    the per-class thresholds (artery, vein) are the checkpoint's ``inference["thresholds"]``,
+    or for a scan whose ``protocol`` (``segment(..., protocol="CTPA")``) is in its
+    ``inference["thresholds_by_protocol"]`` those (``thresholds_for``);
     ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
     pass. A crop smaller than the window is run as one window of its own size, and a longer axis
     with the smallest window that tiles it in as many windows at ``overlap`` (``fitted_window``).
@@ -205,6 +230,8 @@ class Predictor:
             raise InvalidInputError(f"window {self.window} must be multiples of {SIZE_MULTIPLE}")
         self.overlap = float(inference.get("overlap", 0.25) if overlap is None else overlap)
         self.thresholds = tuple(float(t) for t in inference.get("thresholds", (0.5, 0.5)))
+        self.thresholds_by_protocol = protocol_thresholds(inference.get("thresholds_by_protocol", {}),
+                                                          source=self.model_path)
         self.branch_consistent = bool(inference.get("branch_consistent", False) if branch_consistent is None
                                       else branch_consistent)
         self.branch_coupling = float(inference.get("branch_coupling", 0.0) if branch_coupling is None
@@ -227,6 +254,16 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.precision = precision
         self.checkpoint_info = {k: payload.get(k) for k in ("kind", "model_config", "inference", "step")}
+
+    def thresholds_for(self, protocol: str | None) -> tuple[float, float]:
+        """(artery, vein) thresholds for a scan of ``protocol`` (``"NCCT"`` or ``"CTPA"``, any
+        case; None: not known): the checkpoint's for that protocol, else its default ones."""
+        if protocol is None:
+            return self.thresholds
+        key = str(protocol).strip().upper()
+        if key not in PROTOCOLS:
+            raise InvalidInputError(f"protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        return self.thresholds_by_protocol.get(key, self.thresholds)
 
     # ---- arrays in the standardized grid --------------------------------------------------
     def _autocast(self):
@@ -315,20 +352,25 @@ class Predictor:
         return self._i2sr
 
     # ---- images ------------------------------------------------------------------------
-    def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input") -> Segmentation:
+    def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input",
+                protocol: str | None = None) -> Segmentation:
         """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
         normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
-        the record maps the result back to the original grid. Returns labels (and optionally
-        probabilities) in the input grid, and the labels in the standardized grid.
-        ``InvalidScanError`` when no lungs are found. Progress lines start with ``source``'s
-        file name (none for the default ``"input"``)."""
+        the record maps the result back to the original grid. ``protocol`` (``"NCCT"`` or
+        ``"CTPA"``, any case; None: not known) picks the thresholds (``thresholds_for``).
+        Returns labels (and optionally probabilities) in the input grid, and the labels in the
+        standardized grid. ``InvalidScanError`` when no lungs are found. Progress lines start
+        with ``source``'s file name (none for the default ``"input"``)."""
+        thresholds = self.thresholds_for(protocol)
         self._label = "" if source == "input" else f"{Path(source).name}: "
         try:
-            return self._segment(ct_image, record=record, probabilities=probabilities, source=source)
+            return self._segment(ct_image, record=record, probabilities=probabilities, source=source,
+                                 thresholds=thresholds)
         finally:
             self._label = ""
 
-    def _segment(self, ct_image, *, record, probabilities: bool, source: str) -> Segmentation:
+    def _segment(self, ct_image, *, record, probabilities: bool, source: str,
+                 thresholds: tuple[float, float]) -> Segmentation:
         """``segment`` itself."""
         import SimpleITK as sitk
 
@@ -375,7 +417,7 @@ class Predictor:
         if cavity is not None:
             probs_crop *= cavity
             del cavity
-        labels_crop = exclusive_labels(probs_crop, self.thresholds)
+        labels_crop = exclusive_labels(probs_crop, thresholds)
         if self.branch_consistent or self.attach_fragments:
             started = time.perf_counter()
             steps = [name for name, on in (("branch labels", self.branch_consistent),
@@ -419,17 +461,19 @@ class Predictor:
                 channels.append(to_input_grid(image, record, interpolation="linear"))
             del probs_crop
             labels = sitk.GetImageFromArray(
-                exclusive_labels([sitk.GetArrayViewFromImage(c) for c in channels], self.thresholds))
+                exclusive_labels([sitk.GetArrayViewFromImage(c) for c in channels], thresholds))
             labels.CopyInformation(channels[0])
             prob_image = None
             if probabilities:
                 prob_image = sitk.Compose([sitk.Cast(c, sitk.sitkFloat32) for c in channels])
         timings["to_input_grid_s"] = time.perf_counter() - started
-        return Segmentation(labels=labels, probabilities=prob_image, timings=timings, standard_labels=standard_labels)
+        return Segmentation(labels=labels, probabilities=prob_image, timings=timings, standard_labels=standard_labels,
+                            thresholds=thresholds)
 
     def segment_file(self, path: str | os.PathLike, *, record_path: str | os.PathLike | None = None,
-                     probabilities: bool = False) -> Segmentation:
-        """Read ``path`` (any CT ``hipas_core.io.read_ct`` reads) and segment it."""
+                     probabilities: bool = False, protocol: str | None = None) -> Segmentation:
+        """Read ``path`` (any CT ``hipas_core.io.read_ct`` reads) and segment it (``protocol``:
+        as for ``segment``)."""
         from hipas_core.io import read_ct
 
         record = None
@@ -444,6 +488,6 @@ class Predictor:
                 raise InvalidInputError(f"{record_path}: not a normalization record ({error})") from None
         started = time.perf_counter()
         image = read_ct(path)
-        result = self.segment(image, record=record, probabilities=probabilities, source=str(path))
+        result = self.segment(image, record=record, probabilities=probabilities, source=str(path), protocol=protocol)
         result.timings["read_s"] = time.perf_counter() - started - sum(result.timings.values())
         return result

@@ -97,17 +97,19 @@ def test_segment_cli_single_and_batch_with_one_bad_row(tmp_path, tiny_model, hip
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("not an image\n")
     out = tmp_path / "labels.nii.gz"
-    single = hipas("segment", "-i", ct, "-o", out, "--model", tiny_model, "--threads", "1")
+    single = hipas("segment", "-i", ct, "-o", out, "--model", tiny_model, "--threads", "1", "--protocol", "ctpa")
     assert single.returncode == 0, single.stderr
+    assert "thresholds artery 0.5, vein 0.5 for CTPA" in single.stderr
     assert sitk.ReadImage(str(out)).GetSize() == tiny_chest().GetSize()
 
     batch = tmp_path / "scans.tsv"
     good_out, bad_out = tmp_path / "b_good.nii.gz", tmp_path / "b_bad.nii.gz"
     good_std, bad_std = tmp_path / "b_good.std.nii.gz", tmp_path / "b_bad.std.nii.gz"
-    batch.write_text(f"input\toutput\trecord\tscan_id\tstd_output\n{bad}\t{bad_out}\t\tbroken\t{bad_std}\n"
-                     f"{ct}\t{good_out}\t\tgood\t{good_std}\n")
+    batch.write_text(f"input\toutput\trecord\tscan_id\tstd_output\tprotocol\n{bad}\t{bad_out}\t\tbroken\t{bad_std}\tNCCT\n"
+                     f"{ct}\t{good_out}\t\tgood\t{good_std}\tctpa\n")
     excluded = hipas("segment", "--batch", batch, "--model", tiny_model, "--exclude-invalid", "--threads", "1")
     assert excluded.returncode == 0, excluded.stderr
+    assert "good: " in excluded.stderr and "thresholds artery 0.5, vein 0.5 for CTPA" in excluded.stderr
     marker = read_marker(bad_out)
     assert marker is not None and marker.scan_id == "broken" and marker.stage == "segment"
     assert sitk.ReadImage(str(good_out)).GetSize() == tiny_chest().GetSize()
@@ -305,3 +307,54 @@ def test_auto_precision_follows_the_cpu():
     assert predictor.precision == ("bf16" if native else "fp32") and predictor.channels_last is native
     fp32 = Predictor(device="cpu", precision="fp32")
     assert fp32.precision == "fp32" and not fp32.channels_last
+
+
+def test_thresholds_per_protocol_label_a_scan_of_that_protocol_at_its_own(tiny_model, tmp_path):
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts.checkpoint import export_for_inference, load_checkpoint
+
+    torch.set_num_threads(1)
+    image = tiny_chest()
+    probs = sitk.GetArrayFromImage(Predictor(tiny_model).segment(image, probabilities=True).probabilities)
+    high = round(float(np.quantile(probs[probs > 0.5], 0.5)), 3)  # half the voxels above 0.5 fall below it
+    out = tmp_path / "by_protocol.pt"
+    export_for_inference(tiny_model, out, thresholds_by_protocol={"ctpa": (high, high)})
+    assert load_checkpoint(out)["inference"]["thresholds_by_protocol"] == {"CTPA": [high, high]}
+    predictor = Predictor(out)
+    assert predictor.thresholds_for("CTPA") == predictor.thresholds_for("ctpa") == (high, high)
+    assert predictor.thresholds_for("NCCT") == predictor.thresholds_for(None) == (0.5, 0.5)
+    ctpa, ncct, unknown = (predictor.segment(image, protocol=p) for p in ("CTPA", "NCCT", None))
+    assert ctpa.thresholds == (high, high) and ncct.thresholds == unknown.thresholds == (0.5, 0.5)
+    export_for_inference(tiny_model, tmp_path / "high.pt", thresholds=(high, high))
+    at_high = Predictor(tmp_path / "high.pt").segment(image)
+    for grid in ("labels", "standard_labels"):
+        assert np.array_equal(sitk.GetArrayViewFromImage(getattr(ctpa, grid)), sitk.GetArrayViewFromImage(getattr(at_high, grid)))
+        assert np.array_equal(sitk.GetArrayViewFromImage(getattr(ncct, grid)), sitk.GetArrayViewFromImage(getattr(unknown, grid)))
+    assert (sitk.GetArrayViewFromImage(ctpa.labels) > 0).sum() < (sitk.GetArrayViewFromImage(ncct.labels) > 0).sum()
+    with pytest.raises(InvalidInputError, match="MRI"):
+        predictor.thresholds_for("MRI")
+    export_for_inference(tiny_model, out, thresholds_by_protocol={})  # {} removes them
+    assert "thresholds_by_protocol" not in load_checkpoint(out)["inference"]
+
+
+def test_a_checkpoint_with_a_bad_protocol_table_is_refused_naming_the_file(tiny_model, tmp_path):
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(tiny_model)
+    for table in ({"MRI": [0.5, 0.5]}, {"CTPA": [0.5]}, {"CTPA": [0.5, 1.5]}, ["CTPA"]):
+        payload["inference"] = {**payload["inference"], "thresholds_by_protocol": table}
+        path = tmp_path / "bad.pt"
+        save_checkpoint(path, payload)
+        with pytest.raises(InvalidInputError, match="bad.pt"):
+            Predictor(path)
+
+
+def test_segment_batch_with_a_bad_protocol_fails_before_the_model_loads(tmp_path, hipas):
+    batch = tmp_path / "scans.tsv"
+    batch.write_text(f"input\toutput\trecord\tscan_id\tstd_output\tprotocol\n{tmp_path / 'ct.nii.gz'}\t"
+                     f"{tmp_path / 'out.nii.gz'}\t\tscan1\t\tMRI\n")
+    result = hipas("segment", "--batch", batch, "--model", tmp_path / "none.pt")
+    assert result.returncode == 2
+    assert "scans.tsv" in result.stderr and "MRI" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -156,13 +156,14 @@ def batch_records(wildcards):
 
 
 def batch_table(wildcards, output):
-    """The `hipas segment --batch` table: input, output, record, scan_id, std_output (one line
-    per scan). With the normalization record the labels are delivered in the scan's own grid;
-    std_output keeps them in the standardized grid too, for morphometry and the QC picture."""
-    lines = ["input\toutput\trecord\tscan_id\tstd_output"]
+    """The `hipas segment --batch` table: input, output, record, scan_id, std_output, protocol
+    (one line per scan). With the normalization record the labels are delivered in the scan's
+    own grid; std_output keeps them in the standardized grid too, for morphometry and the QC
+    picture; the manifest's protocol picks the model's thresholds for it."""
+    lines = ["input\toutput\trecord\tscan_id\tstd_output\tprotocol"]
     for scan in BATCHES[(wildcards.site, wildcards.chunk)]:
         lines.append(f"results/scans/{scan}/std.nii.gz\t{output.labels}/{scan}.nii.gz\tresults/scans/{scan}/std.json"
-                     f"\t{scan}\t{output.labels}/{scan}.std.nii.gz")
+                     f"\t{scan}\t{output.labels}/{scan}.std.nii.gz\t{SCANS[scan]['protocol']}")
     return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,9 @@
 # The labels of a batch land in one folder, per scan (or exclusion markers): `<scan>.nii.gz` in
 # the scan's own grid (mapped back through its normalization record), the deliverable, and
 # `<scan>.std.nii.gz` in the standardized grid, which morphometry measures. The batch table
-# (`batch<chunk>.tsv` beside the folder: input, output, record, scan_id, std_output per scan) is
-# an output of its own, the record of what the job was asked to do.
+# (`batch<chunk>.tsv` beside the folder: input, output, record, scan_id, std_output, protocol per
+# scan) is an output of its own, the record of what the job was asked to do. The manifest's
+# protocol picks the model's thresholds for the scan where its card has thresholds per protocol.
 
 
 rule segment:
