@@ -15,7 +15,10 @@ morphometry itself makes.
 
     .venv/bin/python benchmarks/end_to_end_morphometry.py [--model models/sts-demo.pt]
         [--seeds 1001-1016] [--work results/sts_heldout] [--threads 1] [--csv OUT.csv]
-        [--i2sr-model models/i2sr-demo.pt | none]
+        [--i2sr-model models/i2sr-demo.pt | none] [--slice-thickness MM]
+
+``--slice-thickness``: every phantom at that slice thickness instead of the plan's (give a work
+folder of its own: a phantom folder is named by its seed).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def main() -> int:
     parser.add_argument("--work", default=str(REPO / "results" / "sts_heldout"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csv", help="write the per-scan errors here")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="every phantom at this slice thickness (default: the plan's, thin and 2.5-3 mm)")
     parser.add_argument("--i2sr-model", default=str(REPO / "models" / "i2sr-demo.pt"),
                         help="I2SR for slices > 2 mm, as the workflow (default); 'none': trilinear")
     args = parser.parse_args()
@@ -65,6 +70,7 @@ def main() -> int:
         i2sr = load_model(args.i2sr_model)
     rows = []
     for seed, protocol, thickness in phantom_plan(parse_seeds(args.seeds)):
+        thickness = args.slice_thickness or thickness
         folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = json.loads((folder / "truth.json").read_text())
         ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
