@@ -14,7 +14,10 @@ the smallest mean; give that to ``models/export_demo_model.py --protocol-thresho
 
     .venv/bin/python benchmarks/protocol_thresholds.py [--model models/sts-demo.pt]
         [--seeds 501-508] [--work results/sts_validation] [--artery 0.65,0.8,0.9,0.95]
-        [--vein 0.55,0.65,0.75] [--threads 1] [--csv OUT.csv]
+        [--vein 0.55,0.65,0.75] [--threads 1] [--csv OUT.csv] [--slice-thickness MM]
+
+``--slice-thickness``: every phantom at that slice thickness instead of the plan's (give a work
+folder of its own: a phantom folder is named by its seed).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main() -> int:
     parser.add_argument("--vein", default="0.5,0.65,0.8", help="vein thresholds to try")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csv", help="write the per-scan, per-pair errors here")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="every phantom at this slice thickness (default: the plan's, thin and 2.5-3 mm)")
     parser.add_argument("--i2sr-model", default=str(REPO / "models" / "i2sr-demo.pt"),
                         help="I2SR for slices > 2 mm, as the workflow (default); 'none': trilinear")
     args = parser.parse_args()
@@ -71,6 +76,7 @@ def main() -> int:
         i2sr = load_model(args.i2sr_model)
     rows = []
     for seed, protocol, thickness in phantom_plan(parse_seeds(args.seeds)):
+        thickness = args.slice_thickness or thickness
         folder = phantom_scan_folder(seed, protocol=protocol, slice_thickness_mm=thickness, work=args.work)
         truth = json.loads((folder / "truth.json").read_text())
         ct = sitk.ReadImage(str(folder / "ct.nii.gz"))

@@ -2,7 +2,9 @@
 # The prepared phantom training set the long CPU runs of the model card train on:
 # small phantoms 1-64 (33-64 thick), full-size phantoms 201-208 (205-208 thick), validation
 # 501 (thin NCCT), 502 (CTPA 2.5 mm) and 503 (thin NCCT, sharp kernel), slices as
-# hipas_core.sts.phantom_cases.phantom_plan plans them (the second half of each seed list thick). A case folder already there is kept, so a
+# hipas_core.sts.phantom_cases.phantom_plan plans them (the second half of each seed list thick);
+# since session 13 also small phantoms 65-88 at 5 mm slices (odd NCCT, even CTPA), the thickness
+# the 2.5-3 mm plan never reached. A case folder already there is kept, so a
 # stopped run picks up where it was. Logs: OUT_DIR.logs/CASE.log.
 #
 #   models/prepare_phantom_training_set.sh OUT_DIR [PARALLEL_JOBS]
@@ -17,10 +19,17 @@ python=${PYTHON:-$(dirname "$(command -v "$hipas")")/python}
   "$python" - <<'PLAN'
 from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan
 
-for name, seeds, size in (("small-{:03d}", "1-64", ""), ("full-{}", "201-208", " --phantom-size full"),
-                         ("val-{}", "501-502", ""), ("val-{}", "503", "")):
+def plan(name, seeds, size=""):
     for seed, _protocol, thickness in phantom_plan(parse_seeds(seeds)):
         print(name.format(seed), f"--phantom-seed {seed}{size}" + (f" --slice-thickness {thickness}" if thickness else ""))
+
+
+plan("small-{:03d}", "1-64")
+plan("val-{}", "501-502")
+plan("val-{}", "503")
+for seed in parse_seeds("65-88"):
+    print(f"small5mm-{seed:03d} --phantom-seed {seed} --slice-thickness 5")
+plan("full-{}", "201-208", " --phantom-size full")
 PLAN
 } | while read -r case_id options; do
   [[ -f "$out/$case_id/case.json" ]] || echo "$case_id $options"
