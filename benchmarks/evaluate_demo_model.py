@@ -84,6 +84,7 @@ def main() -> int:
         if args.fixed_threshold is not None:
             predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
             predictor.thresholds_by_protocol = {}
+            predictor.thresholds_by_slice_thickness = []
         rows = []
         for scan in scans:
             started = time.perf_counter()

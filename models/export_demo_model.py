@@ -12,9 +12,13 @@ makes that the model's default (the network runs once per phantom for all of the
 thresholds (``Predictor.thresholds_for``); choose them on the validation phantoms by the
 end-to-end morphometry (``benchmarks/end_to_end_morphometry.py --seeds 501-508``), not the Dice:
 the validation Dice printed here is at the calibrated thresholds.
+``--slice-thickness-thresholds 4:NCCT=0.4,0.4`` (repeatable; without ``:PROTOCOL`` any protocol)
+gives scans with slices at least that thick their own (chosen the same way, with
+``benchmarks/protocol_thresholds.py --slice-thickness``).
 
     .venv/bin/python models/export_demo_model.py TRAIN.pt OUT.pt [--val-seeds 501-508] [--threads 1] [--half]
         [--i2sr-model I2SR.pt] [--attach-fragments] [--protocol-thresholds CTPA=A,V ...]
+        [--slice-thickness-thresholds MM[:PROTOCOL]=A,V ...]
 """
 
 from __future__ import annotations
@@ -42,7 +46,19 @@ def main() -> int:
                         "shipped i2sr-demo.pt, as hipas segment)")
     parser.add_argument("--protocol-thresholds", action="append", default=[], metavar="PROTOCOL=A,V",
                         help="artery and vein thresholds for scans of PROTOCOL (NCCT or CTPA), repeatable")
+    parser.add_argument("--slice-thickness-thresholds", action="append", default=[], metavar="MM[:PROTOCOL]=A,V",
+                        help="artery and vein thresholds for scans with slices at least MM thick (of PROTOCOL "
+                        "only, NCCT or CTPA, where given), repeatable")
     args = parser.parse_args()
+    by_thickness = []
+    for item in args.slice_thickness_thresholds:
+        scope, _, pair = item.partition("=")
+        minimum, _, protocol = scope.partition(":")
+        try:
+            by_thickness.append({"min_slice_thickness_mm": float(minimum), **({"protocol": protocol} if protocol else {}),
+                                 "thresholds": tuple(float(t) for t in pair.split(","))})
+        except ValueError:
+            parser.error(f"--slice-thickness-thresholds {item!r}: MM[:PROTOCOL]=ARTERY,VEIN")
     by_protocol = {}
     for item in args.protocol_thresholds:
         protocol, _, pair = item.partition("=")
@@ -98,11 +114,13 @@ def main() -> int:
     attach = args.attach_fragments
     export_for_inference(args.source, args.destination, thresholds=thresholds, branch_consistent=consistent,
                          branch_coupling=coupling, attach_fragments=attach, thresholds_by_protocol=by_protocol,
-                         **settings)
+                         thresholds_by_slice_thickness=by_thickness, **settings)
     print(f"{args.destination}: thresholds artery {thresholds[0]}, vein {thresholds[1]} "
           f"(validation phantoms {args.val_seeds}); default branch-consistent {consistent}, coupling {coupling:g}, "
           f"tree fragments attached {attach}"
-          + "".join(f"; {p} artery {a:g}, vein {v:g}" for p, (a, v) in sorted(by_protocol.items())))
+          + "".join(f"; {p} artery {a:g}, vein {v:g}" for p, (a, v) in sorted(by_protocol.items()))
+          + "".join(f"; slices >= {r['min_slice_thickness_mm']:g} mm {r.get('protocol', 'any protocol')} artery "
+                    f"{r['thresholds'][0]:g}, vein {r['thresholds'][1]:g}" for r in by_thickness))
     return 0
 
 

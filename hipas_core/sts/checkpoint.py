@@ -108,6 +108,7 @@ def export_for_inference(
     branch_coupling: float | None = None,
     attach_fragments: bool | None = None,
     thresholds_by_protocol: dict[str, tuple[float, float]] | None = None,
+    thresholds_by_slice_thickness: list[dict] | None = None,
 ) -> None:
     """Copy a training checkpoint without optimizer and RNG state (weights as float32, or
     float16 with ``half`` to halve the file; loading casts them back to the model's float32),
@@ -116,7 +117,10 @@ def export_for_inference(
     branch-consistent by default, and with which coupling (``hipas_core.sts.branch_labels``),
     and whether it attaches tree fragments (``hipas_core.sts.fragments``).
     ``thresholds_by_protocol`` ({"NCCT" or "CTPA": (artery, vein)}) replaces the thresholds for
-    scans of those protocols (``Predictor.thresholds_for``); ``{}`` removes them."""
+    scans of those protocols (``Predictor.thresholds_for``); ``{}`` removes them.
+    ``thresholds_by_slice_thickness`` (rules ``{"min_slice_thickness_mm": T, "protocol": P
+    (optional), "thresholds": (artery, vein)}``) replaces them for scans with slices at least T
+    thick; ``[]`` removes them."""
     payload = load_checkpoint(source)
     payload = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "format")}
     if half:
@@ -143,5 +147,15 @@ def export_for_inference(
         inference["thresholds_by_protocol"] = {key: [float(t) for t in pair] for key, pair in sorted(checked.items())}
         if not checked:
             del inference["thresholds_by_protocol"]
+    if thresholds_by_slice_thickness is not None:
+        from hipas_core.sts.predictor import slice_thickness_thresholds
+
+        rules = slice_thickness_thresholds(list(thresholds_by_slice_thickness), source="thresholds_by_slice_thickness")
+        inference["thresholds_by_slice_thickness"] = [
+            {"min_slice_thickness_mm": minimum, **({"protocol": protocol} if protocol else {}),
+             "thresholds": [float(t) for t in pair]}
+            for minimum, protocol, pair in sorted(rules, key=lambda rule: (rule[0], rule[1] or ""))]
+        if not rules:
+            del inference["thresholds_by_slice_thickness"]
     payload["inference"] = inference
     save_checkpoint(destination, payload)

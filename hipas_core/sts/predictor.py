@@ -126,6 +126,34 @@ def protocol_thresholds(table, *, source) -> dict[str, tuple[float, float]]:
     return checked
 
 
+def slice_thickness_thresholds(rules, *, source) -> list[tuple[float, str | None, tuple[float, float]]]:
+    """A checkpoint's ``inference["thresholds_by_slice_thickness"]`` checked: a list of rules
+    ``{"min_slice_thickness_mm": T, "protocol": P (optional), "thresholds": [artery, vein]}``,
+    T >= 0 mm, P from ``conventions.PROTOCOLS`` (any case), thresholds in (0, 1). Returns
+    ``(T, P upper case or None, (artery, vein))`` per rule; ``InvalidInputError`` naming
+    ``source`` otherwise (also for two rules with the same T and P)."""
+    if not isinstance(rules, list):
+        raise InvalidInputError(f"{source}: inference thresholds_by_slice_thickness is not a list of rules")
+    checked, seen = [], set()
+    for rule in rules:
+        try:
+            minimum = float(rule["min_slice_thickness_mm"])
+            protocol = rule.get("protocol")
+            protocol = None if protocol is None else str(protocol).strip().upper()
+            values = tuple(float(t) for t in rule["thresholds"])
+            valid = (set(rule) <= {"min_slice_thickness_mm", "protocol", "thresholds"} and minimum >= 0.0
+                     and protocol in (None, *PROTOCOLS) and len(values) == 2 and all(0.0 < t < 1.0 for t in values))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            valid = False
+        if not valid or (minimum, protocol) in seen:
+            raise InvalidInputError(f"{source}: inference thresholds_by_slice_thickness rule {rule!r} is not "
+                                    "{min_slice_thickness_mm: mm >= 0, protocol (optional, one of "
+                                    f"{', '.join(PROTOCOLS)}), thresholds: two in (0, 1)}} once per thickness and protocol")
+        seen.add((minimum, protocol))
+        checked.append((minimum, protocol, values))
+    return checked
+
+
 def exclusive_labels(probabilities, thresholds=(0.5, 0.5)) -> np.ndarray:
     """(2, ...) artery/vein probabilities (an array, or a pair of equal-shape arrays) -> uint8
     labels (0 bg, 1 artery, 2 vein), exclusive."""
@@ -167,7 +195,9 @@ class Predictor:
     ``window`` (z, y, x) and ``overlap`` default to the checkpoint's inference settings;
     the per-class thresholds (artery, vein) are the checkpoint's ``inference["thresholds"]``,
     or for a scan whose ``protocol`` (``segment(..., protocol="CTPA")``) is in its
-    ``inference["thresholds_by_protocol"]`` those (``thresholds_for``);
+    ``inference["thresholds_by_protocol"]`` those, or for a scan whose slices are at least as
+    thick as a rule of ``inference["thresholds_by_slice_thickness"]`` says that rule's
+    (``thresholds_for``);
     ``device`` "cpu", "cuda" or "auto" (cuda when available); ``batch_size`` windows per forward
     pass. A crop smaller than the window is run as one window of its own size, and a longer axis
     with the smallest window that tiles it in as many windows at ``overlap`` (``fitted_window``).
@@ -232,6 +262,8 @@ class Predictor:
         self.thresholds = tuple(float(t) for t in inference.get("thresholds", (0.5, 0.5)))
         self.thresholds_by_protocol = protocol_thresholds(inference.get("thresholds_by_protocol", {}),
                                                           source=self.model_path)
+        self.thresholds_by_slice_thickness = slice_thickness_thresholds(
+            inference.get("thresholds_by_slice_thickness", []), source=self.model_path)
         self.branch_consistent = bool(inference.get("branch_consistent", False) if branch_consistent is None
                                       else branch_consistent)
         self.branch_coupling = float(inference.get("branch_coupling", 0.0) if branch_coupling is None
@@ -255,14 +287,26 @@ class Predictor:
         self.precision = precision
         self.checkpoint_info = {k: payload.get(k) for k in ("kind", "model_config", "inference", "step")}
 
-    def thresholds_for(self, protocol: str | None) -> tuple[float, float]:
+    def thresholds_for(self, protocol: str | None, *, slice_thickness_mm: float | None = None) -> tuple[float, float]:
         """(artery, vein) thresholds for a scan of ``protocol`` (``"NCCT"`` or ``"CTPA"``, any
-        case; None: not known): the checkpoint's for that protocol, else its default ones."""
-        if protocol is None:
+        case; None: not known) whose original slices are ``slice_thickness_mm`` thick (None: not
+        known): of the checkpoint's slice-thickness rules that apply (the scan's slices at least
+        the rule's minimum, the rule's protocol the scan's or none), the one with the largest
+        minimum, a rule naming the protocol before one that does not; else the checkpoint's
+        thresholds for that protocol, else its default ones."""
+        key = None
+        if protocol is not None:
+            key = str(protocol).strip().upper()
+            if key not in PROTOCOLS:
+                raise InvalidInputError(f"protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        if slice_thickness_mm is not None:
+            applying = [(minimum, rule_protocol is not None, pair)
+                        for minimum, rule_protocol, pair in self.thresholds_by_slice_thickness
+                        if minimum <= float(slice_thickness_mm) + 1e-6 and rule_protocol in (None, key)]
+            if applying:
+                return max(applying, key=lambda rule: rule[:2])[2]
+        if key is None:
             return self.thresholds
-        key = str(protocol).strip().upper()
-        if key not in PROTOCOLS:
-            raise InvalidInputError(f"protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
         return self.thresholds_by_protocol.get(key, self.thresholds)
 
     # ---- arrays in the standardized grid --------------------------------------------------
@@ -357,11 +401,15 @@ class Predictor:
         """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
         normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
         the record maps the result back to the original grid. ``protocol`` (``"NCCT"`` or
-        ``"CTPA"``, any case; None: not known) picks the thresholds (``thresholds_for``).
+        ``"CTPA"``, any case; None: not known) and the original slice thickness (the record's,
+        else ``ct_image``'s) pick the thresholds (``thresholds_for``).
         Returns labels (and optionally probabilities) in the input grid, and the labels in the
         standardized grid. ``InvalidScanError`` when no lungs are found. Progress lines start
         with ``source``'s file name (none for the default ``"input"``)."""
-        thresholds = self.thresholds_for(protocol)
+        from hipas_core.normalize import slice_thickness_mm
+
+        thickness = record.slice_thickness_mm if record is not None else slice_thickness_mm(ct_image)
+        thresholds = self.thresholds_for(protocol, slice_thickness_mm=thickness)
         self._label = "" if source == "input" else f"{Path(source).name}: "
         try:
             return self._segment(ct_image, record=record, probabilities=probabilities, source=source,

@@ -350,6 +350,55 @@ def test_a_checkpoint_with_a_bad_protocol_table_is_refused_naming_the_file(tiny_
             Predictor(path)
 
 
+def test_thresholds_by_slice_thickness_follow_the_scans_own_slices(tiny_model, tmp_path):
+    from hipas_core.normalize import normalize_ct
+    from hipas_core.sts.checkpoint import export_for_inference, load_checkpoint
+
+    torch.set_num_threads(1)
+    image = tiny_chest()  # 2 mm slices
+    probs = sitk.GetArrayFromImage(Predictor(tiny_model).segment(image, probabilities=True).probabilities)
+    high = round(float(np.quantile(probs[probs > 0.5], 0.5)), 3)
+    out = tmp_path / "by_thickness.pt"
+    rules = [{"min_slice_thickness_mm": 2.0, "thresholds": (high, high)},
+             {"min_slice_thickness_mm": 2.0, "protocol": "ctpa", "thresholds": (0.3, 0.3)},
+             {"min_slice_thickness_mm": 3.0, "thresholds": (0.2, 0.2)}]
+    export_for_inference(tiny_model, out, thresholds_by_protocol={"NCCT": (0.6, 0.6)}, thresholds_by_slice_thickness=rules)
+    assert load_checkpoint(out)["inference"]["thresholds_by_slice_thickness"][1] == {
+        "min_slice_thickness_mm": 2.0, "protocol": "CTPA", "thresholds": [0.3, 0.3]}
+    predictor = Predictor(out)
+    assert predictor.thresholds_for("NCCT", slice_thickness_mm=2.0) == (high, high)  # before the protocol's
+    assert predictor.thresholds_for("CTPA", slice_thickness_mm=2.0) == (0.3, 0.3)  # naming the protocol first
+    assert predictor.thresholds_for("CTPA", slice_thickness_mm=5.0) == (0.2, 0.2)  # the largest minimum
+    assert predictor.thresholds_for("NCCT", slice_thickness_mm=1.0) == predictor.thresholds_for("NCCT") == (0.6, 0.6)
+    assert predictor.thresholds_for(None, slice_thickness_mm=1.0) == (0.5, 0.5)
+    assert predictor.thresholds_for(None, slice_thickness_mm=2.0) == (high, high)
+    raw = predictor.segment(image, protocol="NCCT")
+    standard, record = normalize_ct(image)  # 1 mm slices; the record keeps the scan's 2 mm
+    normalized = predictor.segment(standard, record=record, protocol="NCCT")
+    assert raw.thresholds == normalized.thresholds == (high, high)
+    export_for_inference(tiny_model, tmp_path / "high.pt", thresholds=(high, high))
+    at_high = Predictor(tmp_path / "high.pt").segment(image)
+    assert np.array_equal(sitk.GetArrayViewFromImage(raw.labels), sitk.GetArrayViewFromImage(at_high.labels))
+    export_for_inference(out, out, thresholds_by_slice_thickness=[])  # [] removes them
+    assert "thresholds_by_slice_thickness" not in load_checkpoint(out)["inference"]
+
+
+def test_a_checkpoint_with_bad_slice_thickness_rules_is_refused_naming_the_file(tiny_model, tmp_path):
+    from hipas_core.errors import InvalidInputError
+    from hipas_core.sts.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(tiny_model)
+    good = {"min_slice_thickness_mm": 4.0, "thresholds": [0.4, 0.4]}
+    for rules in ({"4": [0.4, 0.4]}, [{"thresholds": [0.4, 0.4]}], [{**good, "protocol": "MRI"}],
+                  [{**good, "min_slice_thickness_mm": -1}], [{**good, "thresholds": [0.4, 1.0]}],
+                  [{**good, "slices": 5}], [good, dict(good)], ["4 mm"]):
+        payload["inference"] = {**payload["inference"], "thresholds_by_slice_thickness": rules}
+        path = tmp_path / "bad.pt"
+        save_checkpoint(path, payload)
+        with pytest.raises(InvalidInputError, match="bad.pt.*thresholds_by_slice_thickness"):
+            Predictor(path)
+
+
 def test_segment_batch_with_a_bad_protocol_fails_before_the_model_loads(tmp_path, hipas):
     batch = tmp_path / "scans.tsv"
     batch.write_text(f"input\toutput\trecord\tscan_id\tstd_output\tprotocol\n{tmp_path / 'ct.nii.gz'}\t"
