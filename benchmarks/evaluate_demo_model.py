@@ -81,14 +81,11 @@ def main() -> int:
     for method, model in ([] if args.combine else methods):
         i2sr = args.i2sr_model or shipped_model("i2sr-demo.pt")
         predictor = Predictor(model, device="cpu", i2sr_model=i2sr)  # as hipas segment: I2SR above 2 mm
-        if args.fixed_threshold is not None:
-            predictor.thresholds = (args.fixed_threshold, args.fixed_threshold)
-            predictor.thresholds_by_protocol = {}
-            predictor.thresholds_by_slice_thickness = []
+        fixed = None if args.fixed_threshold is None else (args.fixed_threshold, args.fixed_threshold)
         rows = []
         for scan in scans:
             started = time.perf_counter()
-            result = predictor.segment_file(scan["folder"] / "ct.nii.gz", protocol=scan["protocol"])
+            result = predictor.segment_file(scan["folder"] / "ct.nii.gz", protocol=scan["protocol"], thresholds=fixed)
             seconds = time.perf_counter() - started
             pred = sitk.GetArrayFromImage(result.labels)
             truth_image = sitk.ReadImage(str(scan["folder"] / "labels.nii.gz"))

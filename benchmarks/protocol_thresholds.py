@@ -93,9 +93,7 @@ def main() -> int:
 
         predictor.predict_probabilities = once
         for artery, vein in pairs:
-            predictor.thresholds_by_protocol = {protocol.upper(): (artery, vein)}
-            predictor.thresholds_by_slice_thickness = []  # the pair tried, whatever the slices
-            segmentation = predictor.segment(standard, record=record, protocol=protocol)
+            segmentation = predictor.segment(standard, record=record, thresholds=(artery, vein))
             measured, _ = morphometry_row(segmentation.standard_labels, lungs, scan_id=f"phantom-{seed}")
             row = {"seed": seed, "protocol": protocol.upper(), "slice_mm": round(float(ct.GetSpacing()[2]), 3),
                    "artery_threshold": artery, "vein_threshold": vein}

@@ -21,6 +21,7 @@ import os
 
 from hipas_core.sts.phantom_cases import parse_seeds, phantom_plan
 
+
 def plan(name, seeds, size=""):
     for seed, _protocol, thickness in phantom_plan(parse_seeds(seeds)):
         print(name.format(seed), f"--phantom-seed {seed}{size}" + (f" --slice-thickness {thickness}" if thickness else ""))

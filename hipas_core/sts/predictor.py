@@ -106,6 +106,15 @@ def pooled_dice(predictor: Predictor, scans) -> tuple[float, float]:
     return float(dice[0]), float(dice[1])
 
 
+def _threshold_pair(pair) -> tuple[float, float] | None:
+    """``pair`` as (artery, vein) floats if it is two thresholds in (0, 1), else None."""
+    try:
+        values = tuple(float(t) for t in pair)
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == 2 and all(0.0 < t < 1.0 for t in values) else None
+
+
 def protocol_thresholds(table, *, source) -> dict[str, tuple[float, float]]:
     """A checkpoint's ``inference["thresholds_by_protocol"]`` ({protocol: [artery, vein]}) checked:
     protocols from ``conventions.PROTOCOLS`` (any case; keys returned upper case), two
@@ -115,11 +124,8 @@ def protocol_thresholds(table, *, source) -> dict[str, tuple[float, float]]:
     checked = {}
     for protocol, pair in table.items():
         key = str(protocol).strip().upper()
-        try:
-            values = tuple(float(t) for t in pair)
-        except (TypeError, ValueError):
-            values = ()
-        if key not in PROTOCOLS or len(values) != 2 or not all(0.0 < t < 1.0 for t in values):
+        values = _threshold_pair(pair)
+        if key not in PROTOCOLS or values is None:
             raise InvalidInputError(f"{source}: inference thresholds_by_protocol {protocol!r}: {pair!r} is not "
                                     f"a protocol ({', '.join(PROTOCOLS)}) with two thresholds in (0, 1)")
         checked[key] = values
@@ -140,9 +146,9 @@ def slice_thickness_thresholds(rules, *, source) -> list[tuple[float, str | None
             minimum = float(rule["min_slice_thickness_mm"])
             protocol = rule.get("protocol")
             protocol = None if protocol is None else str(protocol).strip().upper()
-            values = tuple(float(t) for t in rule["thresholds"])
+            values = _threshold_pair(rule["thresholds"])
             valid = (set(rule) <= {"min_slice_thickness_mm", "protocol", "thresholds"} and minimum >= 0.0
-                     and protocol in (None, *PROTOCOLS) and len(values) == 2 and all(0.0 < t < 1.0 for t in values))
+                     and protocol in (None, *PROTOCOLS) and values is not None)
         except (AttributeError, KeyError, TypeError, ValueError):
             valid = False
         if not valid or (minimum, protocol) in seen:
@@ -397,19 +403,23 @@ class Predictor:
 
     # ---- images ------------------------------------------------------------------------
     def segment(self, ct_image, *, record=None, probabilities: bool = False, source: str = "input",
-                protocol: str | None = None) -> Segmentation:
+                protocol: str | None = None, thresholds: tuple[float, float] | None = None) -> Segmentation:
         """Segment a CT (``SimpleITK.Image`` in HU). Without ``record`` the CT is any scan and is
         normalized here; with ``record`` (a ``NormalizationRecord``) it is already normalized and
         the record maps the result back to the original grid. ``protocol`` (``"NCCT"`` or
         ``"CTPA"``, any case; None: not known) and the original slice thickness (the record's,
-        else ``ct_image``'s) pick the thresholds (``thresholds_for``).
+        else ``ct_image``'s) pick the thresholds (``thresholds_for``), unless ``thresholds``
+        (artery, vein) are given: then those, whatever the checkpoint says.
         Returns labels (and optionally probabilities) in the input grid, and the labels in the
         standardized grid. ``InvalidScanError`` when no lungs are found. Progress lines start
         with ``source``'s file name (none for the default ``"input"``)."""
-        from hipas_core.normalize import slice_thickness_mm
+        if thresholds is None:
+            from hipas_core.normalize import slice_thickness_mm
 
-        thickness = record.slice_thickness_mm if record is not None else slice_thickness_mm(ct_image)
-        thresholds = self.thresholds_for(protocol, slice_thickness_mm=thickness)
+            thickness = record.slice_thickness_mm if record is not None else slice_thickness_mm(ct_image)
+            thresholds = self.thresholds_for(protocol, slice_thickness_mm=thickness)
+        else:
+            thresholds = tuple(float(t) for t in thresholds)
         self._label = "" if source == "input" else f"{Path(source).name}: "
         try:
             return self._segment(ct_image, record=record, probabilities=probabilities, source=source,
@@ -519,9 +529,10 @@ class Predictor:
                             thresholds=thresholds)
 
     def segment_file(self, path: str | os.PathLike, *, record_path: str | os.PathLike | None = None,
-                     probabilities: bool = False, protocol: str | None = None) -> Segmentation:
-        """Read ``path`` (any CT ``hipas_core.io.read_ct`` reads) and segment it (``protocol``:
-        as for ``segment``)."""
+                     probabilities: bool = False, protocol: str | None = None,
+                     thresholds: tuple[float, float] | None = None) -> Segmentation:
+        """Read ``path`` (any CT ``hipas_core.io.read_ct`` reads) and segment it (``protocol``,
+        ``thresholds``: as for ``segment``)."""
         from hipas_core.io import read_ct
 
         record = None
@@ -536,6 +547,7 @@ class Predictor:
                 raise InvalidInputError(f"{record_path}: not a normalization record ({error})") from None
         started = time.perf_counter()
         image = read_ct(path)
-        result = self.segment(image, record=record, probabilities=probabilities, source=str(path), protocol=protocol)
+        result = self.segment(image, record=record, probabilities=probabilities, source=str(path), protocol=protocol,
+                              thresholds=thresholds)
         result.timings["read_s"] = time.perf_counter() - started - sum(result.timings.values())
         return result
